@@ -1,0 +1,1 @@
+"""Recipe → trained student: data, losses, trainers, evaluation."""

@@ -1,0 +1,72 @@
+"""Held-out metrics and teacher scores for causal-LM runs, computed over response tokens only."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterator
+
+import torch
+from rich.progress import track
+
+from .losses import IGNORE_INDEX, align_vocab, forward_kl, shift_for_next_token, token_cross_entropy
+
+
+def batches(rows: list[dict], collate: Callable, batch_size: int, device: torch.device) -> Iterator[dict]:
+    for i in range(0, len(rows), batch_size):
+        batch = collate([{k: r[k] for k in ("input_ids", "attention_mask", "labels")} for r in rows[i : i + batch_size]])
+        yield {k: v.to(device) for k, v in batch.items()}
+
+
+@torch.inference_mode()
+def teacher_nll(
+    teacher: torch.nn.Module, rows: list[dict], collate: Callable, batch_size: int, device: torch.device
+) -> list[float]:
+    """Each example's mean per-token negative log-likelihood under the teacher (lower = more typical, cleaner).
+
+    The perplexity-filtering signal of CCNet (Wenzek et al. 2020) with the teacher as the reference model.
+    """
+    scores: list[float] = []
+    for batch in track(list(batches(rows, collate, batch_size, device)), description="Scoring with the teacher"):
+        labels = batch.pop("labels")
+        logits, targets = shift_for_next_token(teacher(**batch).logits, labels)
+        nll = token_cross_entropy(logits, targets)
+        counts = targets.ne(IGNORE_INDEX).sum(-1).clamp(min=1)
+        scores += (nll.sum(-1) / counts).tolist()
+    return scores
+
+
+@torch.inference_mode()
+def evaluate_causal(
+    student: torch.nn.Module,
+    teacher: torch.nn.Module,
+    rows: list[dict],
+    collate: Callable,
+    batch_size: int,
+    device: torch.device,
+) -> dict[str, dict[str, float]]:
+    """Loss and perplexity of both models; KL(teacher‖student) and top-1 agreement of the student with the teacher."""
+    student.eval()
+    sums = {"teacher_nll": 0.0, "student_nll": 0.0, "kl": 0.0, "agree": 0.0}
+    tokens = 0
+    for batch in batches(rows, collate, batch_size, device):
+        labels = batch.pop("labels")
+        s_logits, targets = shift_for_next_token(student(**batch).logits, labels)
+        t_logits, _ = shift_for_next_token(teacher(**batch).logits, labels)
+        mask = targets.ne(IGNORE_INDEX)
+        sums["student_nll"] += token_cross_entropy(s_logits, targets)[mask].sum().item()
+        sums["teacher_nll"] += token_cross_entropy(t_logits, targets)[mask].sum().item()
+        sums["kl"] += forward_kl(s_logits, t_logits)[mask].sum().item()
+        s_aligned, t_aligned = align_vocab(s_logits, t_logits)
+        sums["agree"] += (s_aligned.argmax(-1) == t_aligned.argmax(-1))[mask].sum().item()
+        tokens += mask.sum().item()
+    n = max(tokens, 1)
+    return {
+        "teacher": {"loss": sums["teacher_nll"] / n, "perplexity": math.exp(sums["teacher_nll"] / n)},
+        "student": {
+            "loss": sums["student_nll"] / n,
+            "perplexity": math.exp(sums["student_nll"] / n),
+            "kl_to_teacher": sums["kl"] / n,
+            "top1_agreement": sums["agree"] / n,
+        },
+        "tokens": tokens,
+    }

@@ -1,0 +1,1 @@
+"""Export stages: turn a merged student into deployable ONNX folders."""

@@ -1,0 +1,236 @@
+"""Export a sentence-embedding student to ONNX, with mean pooling and L2 normalisation inside the graph.
+
+The student folder is a Hugging Face encoder saved with ``save_pretrained`` (config, safetensors weights,
+tokenizer), pooled like all-MiniLM-L6-v2. An optional ``projection.safetensors`` beside it holds a Linear
+layer (student dim -> teacher dim) applied after pooling and before normalisation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoTokenizer, BatchEncoding, PreTrainedModel, PreTrainedTokenizerFast
+
+from minnow.atomic import output_dir
+from minnow.errors import MinnowError
+
+SUPPORTED_PRECISIONS = ("fp32", "int8")
+PARITY_THRESHOLDS = {"fp32": 0.999, "int8": 0.99}
+PROJECTION_FILE = "projection.safetensors"
+MODEL_FILE = "model.onnx"
+INPUT_NAMES = ("input_ids", "attention_mask")
+
+
+class EncoderWithPooling(torch.nn.Module):
+    """Encoder + attention-masked mean pooling (+ optional projection) + L2 normalisation."""
+
+    def __init__(self, encoder: PreTrainedModel, projection: torch.nn.Linear | None = None) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.projection = projection
+
+    @property
+    def dim(self) -> int:
+        return self.projection.out_features if self.projection is not None else self.encoder.config.hidden_size
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        if self.projection is not None:
+            pooled = self.projection(pooled)
+        return F.normalize(pooled, p=2, dim=-1)
+
+
+def _load_projection(path: Path, in_features: int) -> torch.nn.Linear:
+    tensors = load_file(path)
+    weight, bias = tensors.get("weight"), tensors.get("bias")
+    if weight is None or bias is None or weight.ndim != 2 or bias.shape != weight.shape[:1]:
+        raise MinnowError(f"{path} must hold 'weight' [out, in] and 'bias' [out]; found {sorted(tensors)}")
+    if weight.shape[1] != in_features:
+        raise MinnowError(f"{path}: weight takes {weight.shape[1]} inputs but the encoder outputs {in_features}")
+    projection = torch.nn.Linear(weight.shape[1], weight.shape[0])
+    projection.load_state_dict({"weight": weight, "bias": bias})
+    return projection
+
+
+def load_encoder(model_dir: Path) -> tuple[EncoderWithPooling, PreTrainedTokenizerFast]:
+    """Load the encoder (safetensors only, no remote code), its tokenizer and optional projection, in eval mode."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "model.safetensors").is_file():
+        raise MinnowError(f"{model_dir} has no model.safetensors: expected a folder written by save_pretrained")
+    encoder = AutoModel.from_pretrained(model_dir, use_safetensors=True, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    projection_path = model_dir / PROJECTION_FILE
+    projection = _load_projection(projection_path, encoder.config.hidden_size) if projection_path.exists() else None
+    return EncoderWithPooling(encoder, projection).eval(), tokenizer
+
+
+def _batches(
+    tokenizer: PreTrainedTokenizerFast, texts: list[str], batch_size: int, max_length: int, tensors: str
+) -> Iterator[BatchEncoding]:
+    for start in range(0, len(texts), batch_size):
+        yield tokenizer(
+            texts[start : start + batch_size],
+            padding="longest",
+            truncation=True,
+            max_length=max_length,
+            return_tensors=tensors,
+        )
+
+
+class TorchEncoder:
+    """PyTorch embeddings with the same ``encode`` interface as :class:`OnnxEncoder`."""
+
+    def __init__(self, model: EncoderWithPooling, tokenizer: PreTrainedTokenizerFast) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.dim = model.dim
+
+    @classmethod
+    def from_dir(cls, model_dir: Path) -> TorchEncoder:
+        return cls(*load_encoder(model_dir))
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str], batch_size: int = 32, max_length: int = 128) -> np.ndarray:
+        """Normalised embeddings, shape [len(texts), dim]."""
+        out = [
+            self.model(batch["input_ids"], batch["attention_mask"]).float().numpy()
+            for batch in _batches(self.tokenizer, texts, batch_size, max_length, "pt")
+        ]
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+
+class OnnxEncoder:
+    """onnxruntime embeddings from an exported folder (``model.onnx`` + tokenizer files)."""
+
+    def __init__(self, model_dir: Path, threads: int | None = None) -> None:
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(
+            str(Path(model_dir) / MODEL_FILE), options, providers=["CPUExecutionProvider"]
+        )
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.dim = self.session.get_outputs()[0].shape[-1]
+
+    def encode(self, texts: list[str], batch_size: int = 32, max_length: int = 128) -> np.ndarray:
+        """Normalised embeddings, shape [len(texts), dim]."""
+        out = [
+            self.session.run(None, {name: batch[name].astype(np.int64) for name in INPUT_NAMES})[0]
+            for batch in _batches(self.tokenizer, texts, batch_size, max_length, "np")
+        ]
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+
+def throughput(encode: Callable[[list[str]], np.ndarray], texts: list[str], repeats: int = 3) -> float:
+    """Sentences per second: one warm-up pass, then the best of ``repeats`` timed passes over ``texts``."""
+    encode(texts)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        encode(texts)
+        best = min(best, time.perf_counter() - start)
+    return len(texts) / best
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporter's and quantizer's progress prints, warnings and log lines; errors still raise."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def _export_fp32(model: EncoderWithPooling, tokenizer: PreTrainedTokenizerFast, path: Path) -> None:
+    # Two texts of different lengths, so the example has padding and neither axis is specialised to 1.
+    texts = ["a short example", "a somewhat longer example sentence to pad against"]
+    sample = tokenizer(texts, padding="longest", return_tensors="pt")
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    axes = {0: batch, 1: sequence}
+    with _quiet():
+        torch.onnx.export(
+            model,
+            (sample["input_ids"], sample["attention_mask"]),
+            str(path),
+            dynamo=True,
+            verbose=False,
+            external_data=False,
+            input_names=list(INPUT_NAMES),
+            output_names=["embeddings"],
+            dynamic_shapes={"input_ids": axes, "attention_mask": axes},
+        )
+
+
+def _parity(precision: str, onnx: np.ndarray, reference: np.ndarray, threshold: float) -> dict[str, float]:
+    cosines = (onnx * reference).sum(axis=1) / (
+        np.linalg.norm(onnx, axis=1) * np.linalg.norm(reference, axis=1) + 1e-12
+    )
+    mean, low = float(cosines.mean()), float(cosines.min())
+    if mean < threshold:
+        raise MinnowError(
+            f"{precision} ONNX export failed parity: mean cosine to PyTorch {mean:.5f} < threshold {threshold}"
+        )
+    return {"mean_cosine": mean, "min_cosine": low, "threshold": threshold}
+
+
+def export_embedding(
+    student_dir: Path,
+    onnx_root: Path,
+    precisions: list[str],
+    parity_texts: list[str],
+    thresholds: dict[str, float] | None = None,
+) -> dict:
+    """Write ``onnx_root/<precision>/`` (model.onnx + tokenizer) for each precision, each gated on parity.
+
+    ``thresholds`` overrides entries of :data:`PARITY_THRESHOLDS` (mean cosine to PyTorch on ``parity_texts``).
+    Each folder appears whole or not at all. Returned paths are relative to ``onnx_root.parent``.
+    """
+    unknown = sorted(set(precisions) - set(SUPPORTED_PRECISIONS))
+    if unknown or not precisions:
+        raise MinnowError(f"precisions must be a non-empty subset of {SUPPORTED_PRECISIONS}; got {precisions}")
+    if not parity_texts:
+        raise MinnowError("parity_texts is empty: the export cannot be checked against PyTorch")
+    limits = {**PARITY_THRESHOLDS, **(thresholds or {})}
+    model, tokenizer = load_encoder(student_dir)
+    reference = TorchEncoder(model, tokenizer).encode(parity_texts)
+    onnx_root = Path(onnx_root)
+    onnx_root.mkdir(parents=True, exist_ok=True)
+    report = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        fp32_path = Path(scratch) / MODEL_FILE
+        _export_fp32(model, tokenizer, fp32_path)
+        for precision in dict.fromkeys(precisions):
+            with output_dir(onnx_root / precision) as out:
+                if precision == "fp32":
+                    shutil.copyfile(fp32_path, out / MODEL_FILE)
+                else:
+                    with _quiet():
+                        quantize_dynamic(fp32_path, out / MODEL_FILE, per_channel=True, weight_type=QuantType.QInt8)
+                tokenizer.save_pretrained(out)
+                parity = _parity(precision, OnnxEncoder(out).encode(parity_texts), reference, limits[precision])
+            report[precision] = {
+                "path": f"{onnx_root.name}/{precision}",
+                "size_bytes": (onnx_root / precision / MODEL_FILE).stat().st_size,
+                "parity": parity,
+            }
+    return report

@@ -1,0 +1,126 @@
+"""The `minnow` command: validate a recipe, run it end to end, or run one stage on a run directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from .errors import MinnowError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__)
+err = Console(stderr=True)
+
+RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
+RunArg = Annotated[Path, typer.Argument(help="Run directory made by `minnow run`.", show_default=False)]
+
+
+def _fail(e: MinnowError) -> None:
+    err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _guard(fn):
+    """User errors print one clear message and exit 2; no traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MinnowError as e:
+            _fail(e)
+
+    return wrapper
+
+
+@app.command()
+@_guard
+def validate(recipe: RecipeArg) -> None:
+    """Check a recipe and print it with every default filled in."""
+    from .recipe import load_recipe, to_yaml
+
+    typer.echo(to_yaml(load_recipe(recipe)), nl=False)
+    err.print(f"[green]ok:[/] {recipe}")
+
+
+@app.command()
+@_guard
+def run(
+    recipe: Annotated[Optional[Path], typer.Argument(help="Recipe YAML file.", show_default=False)] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue this run directory where it stopped.")] = None,
+    serve: Annotated[bool, typer.Option("--serve", help="Start the demo when the run is done.")] = False,
+) -> None:
+    """validate → distill → export → report (→ demo with --serve)."""
+    from . import pipeline
+    from .recipe import load_recipe
+    from .rundir import RunDir
+
+    if (recipe is None) == (resume is None):
+        raise MinnowError("give a RECIPE to start a run, or --resume RUN_DIR to continue one")
+    run_dir = RunDir.open(resume) if resume else RunDir.create(load_recipe(recipe))
+    err.print(f"run directory: {run_dir.path}")
+    if not pipeline.is_distilled(run_dir):
+        pipeline.distill(run_dir)
+    if not pipeline.is_exported(run_dir):
+        pipeline.export(run_dir)
+    pipeline.report(run_dir)
+    if serve:
+        _serve([run_dir.path])
+    else:
+        err.print(f"demo: minnow serve {os.path.relpath(run_dir.path)}")
+
+
+@app.command("distill")
+@_guard
+def distill_cmd(recipe: RecipeArg) -> None:
+    """Only the distill stage: make a run directory with the trained student."""
+    from . import pipeline
+    from .recipe import load_recipe
+    from .rundir import RunDir
+
+    run_dir = RunDir.create(load_recipe(recipe))
+    pipeline.distill(run_dir)
+    typer.echo(str(run_dir.path))
+
+
+@app.command("export")
+@_guard
+def export_cmd(run_dir: RunArg) -> None:
+    """Only the export stage: ONNX folders for every precision of the recipe, with parity gates."""
+    from . import pipeline
+    from .rundir import RunDir
+
+    run = RunDir.open(run_dir)
+    if not (run.student / "config.json").is_file():
+        raise MinnowError(f"{run_dir}: no trained student in student/; run `minnow run` first")
+    pipeline.export(run)
+    pipeline.report(run)
+
+
+@app.command("report")
+@_guard
+def report_cmd(run_dir: RunArg) -> None:
+    """Rewrite report.md from report.json."""
+    from . import pipeline
+    from .rundir import RunDir
+
+    pipeline.report(RunDir.open(run_dir))
+
+
+@app.command()
+@_guard
+def serve(
+    run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories to compare.", show_default=False)],
+) -> None:
+    """Start the Gradio demo over one or more runs."""
+    _serve(run_dirs)
+
+
+def _serve(run_dirs: list[Path]) -> None:
+    from serve.app import launch
+
+    launch(run_dirs)

@@ -1,0 +1,53 @@
+"""The stages of a run, each reading the run directory and adding its section to report.json."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from .report import write_markdown
+from .rundir import RunDir
+
+console = Console(stderr=True)
+
+
+def distill(run: RunDir) -> None:
+    if run.recipe.task == "causal-lm":
+        from distill.causal_lm import distill_causal_lm as flow
+    else:
+        from distill.embedding import distill_embedding as flow
+    console.rule(f"[bold]distill[/] {run.recipe.teacher.path} → student")
+    section = flow(run)
+    if section:
+        run.update_report("distill", section)
+
+
+def export(run: RunDir) -> None:
+    recipe = run.recipe
+    report = run.report()
+    prompts = recipe.export.parity_prompts or report.get("distill", {}).get("parity_prompts", [])
+    prompts = prompts[: recipe.export.parity_examples] if not recipe.export.parity_prompts else prompts
+    console.rule(f"[bold]export[/] {', '.join(recipe.export.precisions)}")
+    if recipe.task == "causal-lm":
+        from export.causal_lm import export_causal_lm
+
+        section = export_causal_lm(
+            run.student, run.onnx, recipe.export.precisions, prompts, recipe.export.parity_max_new_tokens
+        )
+    else:
+        from export.embedding import export_embedding
+
+        section = export_embedding(run.student, run.onnx, recipe.export.precisions, prompts)
+    run.update_report("export", section)
+
+
+def report(run: RunDir) -> None:
+    write_markdown(run)
+    console.print(f"report: {run.path / 'report.md'}")
+
+
+def is_distilled(run: RunDir) -> bool:
+    return (run.student / "config.json").is_file() and "distill" in run.report()
+
+
+def is_exported(run: RunDir) -> bool:
+    return "export" in run.report() and all((run.onnx / p).is_dir() for p in run.recipe.export.precisions)

@@ -1,0 +1,259 @@
+"""The recipe schema: the single place every option is defined, with its default and a one-line doc.
+
+A recipe is YAML. ``load_recipe`` parses it into :class:`Recipe`; any problem becomes one
+:class:`~minnow.errors.MinnowError` naming the file, the line, the key path and what is wrong.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import MinnowError
+
+PACKAGE_PREFIX = "package:"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Teacher(Section):
+    path: str = Field(description="Local folder, hub id (org/name) or `package:<python package>/<subfolder>`.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype when loaded.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when `path` is a hub id.")
+    trust_remote_code: bool = Field(False, description="Run model code shipped with the weights. Off unless you trust it.")
+
+
+class FromTeacher(Section):
+    layers: list[int] = Field(description="Indices of the teacher's transformer layers the student keeps, in order.")
+
+
+class Student(Section):
+    path: str | None = Field(None, description="Local folder, hub id or `package:` reference of the student.")
+    from_teacher: FromTeacher | None = Field(None, description="Derive the student from the teacher instead of `path`.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype while training.")
+    revision: str | None = Field(None, description="Hub revision when `path` is a hub id.")
+    trust_remote_code: bool = Field(False, description="Run model code shipped with the weights.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Student:
+        if (self.path is None) == (self.from_teacher is None):
+            raise ValueError("give exactly one of `path` or `from_teacher`")
+        return self
+
+
+class Lora(Section):
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA branch.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt, or `all-linear`."
+    )
+
+
+class Data(Section):
+    path: str | None = Field(None, description="Local data file (.jsonl, .json, .csv, .parquet, .txt) or folder.")
+    dataset: str | None = Field(None, description="A `datasets` name (hub or local dataset folder) instead of `path`.")
+    builtin: Literal["python-docstrings"] | None = Field(
+        None, description="A corpus every Python install carries: paragraphs of the standard library's docstrings."
+    )
+    split: str = Field("train", description="Split to read when `dataset` is given.")
+    text_field: str | None = Field(None, description="Field holding plain text (pretraining-style or embedding data).")
+    prompt_field: str | None = Field(None, description="Field holding the prompt (instruction data).")
+    response_field: str | None = Field(None, description="Field holding the response; only its tokens are trained.")
+    chat_template: bool = Field(True, description="Wrap prompt/response in the tokenizer's chat template if it has one.")
+    heldout: int = Field(64, ge=1, description="Examples held out for evaluation (chosen by stable id, not file order).")
+    max_examples: int | None = Field(None, gt=0, description="Use at most this many training examples.")
+
+    @model_validator(mode="after")
+    def _one_source_and_fields(self) -> Data:
+        if sum(x is not None for x in (self.path, self.dataset, self.builtin)) != 1:
+            raise ValueError("give exactly one of `path`, `dataset` or `builtin`")
+        if (self.prompt_field is None) != (self.response_field is None):
+            raise ValueError("`prompt_field` and `response_field` go together")
+        if self.text_field is not None and self.prompt_field is not None:
+            raise ValueError("give `text_field` or `prompt_field`+`response_field`, not both")
+        return self
+
+
+class Distill(Section):
+    temperature: float = Field(2.0, gt=0, description="Softmax temperature of the KD term (Hinton et al. 2015).")
+    ce_weight: float = Field(0.5, ge=0, le=1, description="Weight of cross-entropy on the data; KD gets 1 - ce_weight.")
+    embedding_loss: Literal["mse", "cosine", "mse+cosine"] = Field(
+        "mse+cosine", description="Embedding task: loss between student and teacher sentence embeddings."
+    )
+    steps: int = Field(200, gt=0, description="Optimizer steps.")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate (linear warmup then linear decay).")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    batch_size: int = Field(8, gt=0, description="Examples per device per step.")
+    grad_accum: int = Field(1, gt=0, description="Gradient accumulation steps.")
+    max_seq_len: int = Field(512, gt=8, description="Tokens per example; longer examples are truncated.")
+    eval_batch_size: int = Field(16, gt=0, description="Examples per batch in evaluation and scoring.")
+    save_steps: int = Field(100, gt=0, description="Checkpoint every this many steps (a rerun resumes from the last).")
+    seed: int = Field(0, description="Seed for initialisation, data split and order.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train; `auto` picks CUDA when present.")
+
+
+class Curriculum(Section):
+    order: Literal["quality-first", "random"] = Field(
+        "quality-first", description="`quality-first` trains on teacher-scored best examples first."
+    )
+    dedup: bool = Field(True, description="Drop exact duplicate examples (by stable id) before training.")
+
+
+class Export(Section):
+    precisions: list[Literal["fp32", "int8", "int4"]] | None = Field(
+        None, description="ONNX precisions to write; default fp32+int4 (causal-lm) or fp32+int8 (embedding)."
+    )
+    parity_prompts: list[str] = Field(
+        default_factory=list, description="Inputs for the parity gate; default: the first held-out examples."
+    )
+    parity_examples: int = Field(4, gt=0, description="Held-out examples used when `parity_prompts` is empty.")
+    parity_max_new_tokens: int = Field(16, gt=0, description="Greedy tokens compared ONNX vs PyTorch (causal-lm).")
+
+
+class Serve(Section):
+    host: str = Field("127.0.0.1", description="Interface the demo listens on.")
+    port: int = Field(7860, gt=0, lt=65536, description="Port of the demo.")
+    max_input_chars: int = Field(2000, gt=0, description="Longest prompt or query the demo accepts.")
+    max_new_tokens: int = Field(64, gt=0, le=1024, description="Most tokens a variant generates per request.")
+    max_queue: int = Field(16, gt=0, description="Requests waiting in the demo's queue before new ones are refused.")
+    top_k: int = Field(5, gt=0, le=50, description="Search results shown per variant (embedding runs).")
+
+
+class Recipe(Section):
+    name: str = Field(description="Run name; the run directory is runs/<name>-<time>/.", pattern=r"^[\w.-]+$")
+    task: Literal["causal-lm", "embedding"] = Field(description="What the teacher does: generate text, or embed it.")
+    teacher: Teacher
+    student: Student
+    lora: Lora | None = Field(None, description="LoRA settings; null trains every weight of the student.")
+    data: Data
+    distill: Distill = Field(default_factory=Distill)
+    curriculum: Curriculum = Field(default_factory=Curriculum)
+    export: Export = Field(default_factory=Export)
+    serve: Serve = Field(default_factory=Serve)
+    runs_dir: str = Field("runs", description="Where run directories are created (relative to the working directory).")
+
+    @model_validator(mode="after")
+    def _task_rules(self) -> Recipe:
+        if self.export.precisions is None:
+            self.export.precisions = ["fp32", "int4"] if self.task == "causal-lm" else ["fp32", "int8"]
+        if self.task == "embedding":
+            if "int4" in self.export.precisions:
+                raise ValueError("export.precisions: int4 is for causal-lm students; embedding students take fp32, int8")
+            if self.data.prompt_field is not None:
+                raise ValueError("data: embedding recipes take `text_field`, not prompt/response fields")
+        if self.student.from_teacher is not None and self.task != "embedding":
+            raise ValueError("student.from_teacher is available for embedding recipes")
+        return self
+
+
+def resolve_model_path(ref: str, base: Path) -> str:
+    """Turn a recipe model reference into what ``from_pretrained`` takes: an existing folder or a hub id."""
+    if ref.startswith(PACKAGE_PREFIX):
+        package, _, sub = ref[len(PACKAGE_PREFIX) :].partition("/")
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ValueError(f"no installed Python package named {package!r} (pip install it)")
+        folder = Path(list(spec.submodule_search_locations)[0]) / sub
+        if not folder.is_dir():
+            raise ValueError(f"package {package!r} has no folder {sub!r}")
+        return str(folder)
+    local = (base / ref).expanduser() if not Path(ref).expanduser().is_absolute() else Path(ref).expanduser()
+    if local.is_dir():
+        return str(local.resolve())
+    if ref.startswith((".", "/", "~")) or not HUB_ID.match(ref):
+        raise ValueError(f"no such folder: {local}")
+    return ref
+
+
+def resolve_data_path(ref: str, base: Path) -> Path:
+    path = Path(ref).expanduser()
+    path = path if path.is_absolute() else base / path
+    if not path.exists():
+        raise ValueError(f"no such file: {path}")
+    return path.resolve()
+
+
+def _line_index(text: str) -> dict[tuple, int]:
+    """Map each key path of the YAML document to its 1-based line."""
+    index: dict[tuple, int] = {}
+
+    def walk(node: yaml.Node, path: tuple) -> None:
+        index[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                index[path + (key.value,)] = key.start_mark.line + 1
+                walk(value, path + (key.value,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, path + (i,))
+
+    root = yaml.compose(text)
+    if root is not None:
+        walk(root, ())
+    return index
+
+
+def _where(file: Path, lines: dict[tuple, int], loc: tuple) -> str:
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in lines:
+            return f"{file}:{lines[loc[:end]]}"
+    return str(file)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Parse and validate a recipe file; local model and data paths are resolved relative to the file."""
+    file = Path(path)
+    if not file.is_file():
+        raise MinnowError(f"{file}: recipe file not found")
+    text = file.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text)
+        lines = _line_index(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f"{file}:{mark.line + 1}" if mark else str(file)
+        raise MinnowError(f"{at}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise MinnowError(f"{file}: a recipe is a YAML mapping of sections (name, task, teacher, ...)")
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith(("function-after", "literal"))))
+            key = ".".join(str(x) for x in loc) or "(top level)"
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+            problems.append(f"{_where(file, lines, loc)}: {key}: {msg}")
+        raise MinnowError("\n".join(problems)) from None
+    _resolve_paths(recipe, file, lines)
+    return recipe
+
+
+def _resolve_paths(recipe: Recipe, file: Path, lines: dict[tuple, int]) -> None:
+    base = file.parent.resolve()
+
+    def check(loc: tuple, fn, value: str) -> Any:
+        try:
+            return fn(value, base)
+        except ValueError as e:
+            raise MinnowError(f"{_where(file, lines, loc)}: {'.'.join(loc)}: {e}") from None
+
+    recipe.teacher.path = check(("teacher", "path"), resolve_model_path, recipe.teacher.path)
+    if recipe.student.path is not None:
+        recipe.student.path = check(("student", "path"), resolve_model_path, recipe.student.path)
+    if recipe.data.path is not None:
+        recipe.data.path = str(check(("data", "path"), resolve_data_path, recipe.data.path))
+
+
+def to_yaml(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
