@@ -14,7 +14,7 @@ import sysconfig
 from pathlib import Path
 
 from minnow.errors import MinnowError
-from minnow.recipe import Data
+from minnow.recipe import Data, Recipe
 
 Example = dict[str, str]
 SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
@@ -130,3 +130,11 @@ def split_heldout(examples: list[Example], heldout: int, seed: int) -> tuple[lis
 
     held = {ex["id"] for ex in sorted(examples, key=key)[:heldout]}
     return [ex for ex in examples if ex["id"] not in held], [ex for ex in examples if ex["id"] in held]
+
+
+def check_data(recipe: Recipe) -> str:
+    """Load the recipe's data the way a run will, so problems surface before any compute; a one-line summary."""
+    examples = load_examples(recipe.data)
+    unique = dedup(examples) if recipe.curriculum.dedup else examples
+    train, heldout = split_heldout(unique, recipe.data.heldout, recipe.distill.seed)
+    return f"{len(examples)} examples, {len(unique)} after dedup: {len(train)} to train, {len(heldout)} held out"

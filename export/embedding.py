@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 import torch.nn.functional as F
@@ -165,8 +166,7 @@ def _export_fp32(model: EncoderWithPooling, tokenizer: PreTrainedTokenizerFast, 
     # Two texts of different lengths, so the example has padding and neither axis is specialised to 1.
     texts = ["a short example", "a somewhat longer example sentence to pad against"]
     sample = tokenizer(texts, padding="longest", return_tensors="pt")
-    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    axes = {0: batch, 1: sequence}
+    axes = {0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence")}
     with _quiet():
         torch.onnx.export(
             model,
@@ -181,10 +181,26 @@ def _export_fp32(model: EncoderWithPooling, tokenizer: PreTrainedTokenizerFast, 
         )
 
 
-def _parity(precision: str, onnx: np.ndarray, reference: np.ndarray, threshold: float) -> dict[str, float]:
-    cosines = (onnx * reference).sum(axis=1) / (
-        np.linalg.norm(onnx, axis=1) * np.linalg.norm(reference, axis=1) + 1e-12
-    )
+def _quantize_int8(fp32_path: Path, out_path: Path) -> None:
+    """Dynamic int8 (per-channel weights), leaving the projection in fp32.
+
+    The projection's input is a single pooled vector per sentence; its few outlier dimensions would set the
+    per-tensor activation scale and wash out the rest (measured with a random 384 -> 256 projection: mean
+    cosine 0.98 instead of 0.996).
+    """
+    graph = onnx.load(fp32_path, load_external_data=False).graph
+    projection = [node.name for node in graph.node if any(name.startswith("projection.") for name in node.input)]
+    # quantize_dynamic first rewrites each Gemm as a MatMul named "<name>_MatMul" plus an Add.
+    exclude = projection + [f"{name}_MatMul" for name in projection]
+    with _quiet():
+        quantize_dynamic(
+            fp32_path, out_path, per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=exclude
+        )
+
+
+def _parity(precision: str, got: np.ndarray, reference: np.ndarray, threshold: float) -> dict[str, float]:
+    norms = np.linalg.norm(got, axis=1) * np.linalg.norm(reference, axis=1)
+    cosines = (got * reference).sum(axis=1) / np.maximum(norms, 1e-12)
     mean, low = float(cosines.mean()), float(cosines.min())
     if mean < threshold:
         raise MinnowError(
@@ -214,7 +230,6 @@ def export_embedding(
     model, tokenizer = load_encoder(student_dir)
     reference = TorchEncoder(model, tokenizer).encode(parity_texts)
     onnx_root = Path(onnx_root)
-    onnx_root.mkdir(parents=True, exist_ok=True)
     report = {}
     with tempfile.TemporaryDirectory() as scratch:
         fp32_path = Path(scratch) / MODEL_FILE
@@ -224,8 +239,7 @@ def export_embedding(
                 if precision == "fp32":
                     shutil.copyfile(fp32_path, out / MODEL_FILE)
                 else:
-                    with _quiet():
-                        quantize_dynamic(fp32_path, out / MODEL_FILE, per_channel=True, weight_type=QuantType.QInt8)
+                    _quantize_int8(fp32_path, out / MODEL_FILE)
                 tokenizer.save_pretrained(out)
                 parity = _parity(precision, OnnxEncoder(out).encode(parity_texts), reference, limits[precision])
             report[precision] = {

@@ -41,10 +41,14 @@ def _guard(fn):
 @_guard
 def validate(recipe: RecipeArg) -> None:
     """Check a recipe and print it with every default filled in."""
+    from distill.data import check_data
+
     from .recipe import load_recipe, to_yaml
 
-    typer.echo(to_yaml(load_recipe(recipe)), nl=False)
-    err.print(f"[green]ok:[/] {recipe}")
+    loaded = load_recipe(recipe)
+    summary = check_data(loaded)
+    typer.echo(to_yaml(loaded), nl=False)
+    err.print(f"[green]ok:[/] {recipe} ({summary})")
 
 
 @app.command()
@@ -64,7 +68,8 @@ def run(
     run_dir = RunDir.open(resume) if resume else RunDir.create(load_recipe(recipe))
     err.print(f"run directory: {run_dir.path}")
     if not pipeline.is_distilled(run_dir):
-        pipeline.distill(run_dir)
+        with pipeline.removed_on_error(run_dir, unless=resume is not None):
+            pipeline.distill(run_dir)
     if not pipeline.is_exported(run_dir):
         pipeline.export(run_dir)
     pipeline.report(run_dir)
@@ -83,7 +88,8 @@ def distill_cmd(recipe: RecipeArg) -> None:
     from .rundir import RunDir
 
     run_dir = RunDir.create(load_recipe(recipe))
-    pipeline.distill(run_dir)
+    with pipeline.removed_on_error(run_dir):
+        pipeline.distill(run_dir)
     typer.echo(str(run_dir.path))
 
 

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import shutil
+from contextlib import contextmanager
+from typing import Iterator
+
 from rich.console import Console
+
+from .errors import MinnowError
 
 from .report import write_markdown
 from .rundir import RunDir
 
 console = Console(stderr=True)
+
+
+@contextmanager
+def removed_on_error(run: RunDir, unless: bool = False) -> Iterator[None]:
+    """A run that fails on the user's input before training leaves nothing half-written behind."""
+    try:
+        yield
+    except MinnowError:
+        if not unless and not run.checkpoints.exists():
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
 
 
 def distill(run: RunDir) -> None:

@@ -89,6 +89,9 @@ class Distill(Section):
     embedding_loss: Literal["mse", "cosine", "mse+cosine"] = Field(
         "mse+cosine", description="Embedding task: loss between student and teacher sentence embeddings."
     )
+    freeze_embeddings: bool = Field(
+        True, description="Embedding task: keep the token-embedding table copied from the teacher fixed (faster steps)."
+    )
     steps: int = Field(200, gt=0, description="Optimizer steps.")
     lr: float = Field(1e-4, gt=0, description="Peak learning rate (linear warmup then linear decay).")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of steps spent warming up.")
@@ -188,7 +191,7 @@ def _line_index(text: str) -> dict[tuple, int]:
     index: dict[tuple, int] = {}
 
     def walk(node: yaml.Node, path: tuple) -> None:
-        index[path] = node.start_mark.line + 1
+        index.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 index[path + (key.value,)] = key.start_mark.line + 1

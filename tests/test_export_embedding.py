@@ -48,6 +48,11 @@ def student_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def torch_encoder(student_dir: Path) -> TorchEncoder:
+    return TorchEncoder.from_dir(student_dir)
+
+
+@pytest.fixture(scope="module")
 def exported(student_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     onnx_root = tmp_path_factory.mktemp("run") / "onnx"
     return export_embedding(student_dir, onnx_root, ["fp32", "int8"], TEXTS), onnx_root
@@ -68,11 +73,9 @@ def test_report_meets_parity_and_int8_is_smaller(exported: tuple[dict, Path]) ->
 
 @pytest.mark.parametrize("precision", SUPPORTED_PRECISIONS)
 def test_dynamic_batch_and_length_match_pytorch(
-    exported: tuple[dict, Path], student_dir: Path, precision: str
+    exported: tuple[dict, Path], torch_encoder: TorchEncoder, precision: str
 ) -> None:
-    _, onnx_root = exported
-    onnx = OnnxEncoder(onnx_root / precision, threads=2)
-    torch_encoder = TorchEncoder.from_dir(student_dir)
+    onnx = OnnxEncoder(exported[1] / precision, threads=2)
     texts = TEXTS[:5] + [" ".join(TEXTS)]  # the last one fills 128 tokens
     for batch_size in (1, 5):
         for max_length in (16, 128):

@@ -1,0 +1,3 @@
+from minnow.cli import app
+
+app(prog_name="minnow")

@@ -1,0 +1,216 @@
+"""The Gradio demo over one or more run directories.
+
+Tabs: **Compare** (causal-LM runs: one prompt, every variant's greedy answer streamed with its time to first
+token, tokens/s and size), **Search** (embedding runs: each variant's top-k over the run's corpus, with query
+latency and overlap with the teacher's top-k) and **Quality** (the runs' reports).
+
+Serve settings (limits, queue, host, port) come from the first run's recipe. Variants run one after another
+within a request; the page updates as each one streams. Event API names: ``/compare`` and ``/search``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import gradio as gr
+
+from minnow.recipe import Serve
+from minnow.report import markdown
+from minnow.rundir import RunDir
+
+from .generate import stream_text
+from .search import search
+from .variants import SearchGroup, Variant, compare_variants, open_runs, search_groups
+
+THREADS = (1, 2, 4)
+# Per variant, the outputs an event fills: text (or hits), then two numbers.
+OUTPUTS_PER_VARIANT = 3
+
+log = logging.getLogger(__name__)
+
+
+def build_app(run_dirs: Sequence[Path]) -> gr.Blocks:
+    """The demo for these runs, not yet launched (MinnowError for a missing or unfinished run directory)."""
+    return _blocks(open_runs(run_dirs))
+
+
+def launch(run_dirs: Sequence[Path], port: int | None = None) -> None:
+    """Serve the demo until interrupted, on the first run's ``serve.host``/``serve.port`` (or ``port``)."""
+    runs = open_runs(run_dirs)
+    settings = runs[0].recipe.serve
+    demo = _blocks(runs)
+    demo.queue(max_size=settings.max_queue)
+    demo.launch(server_name=settings.host, server_port=port or settings.port)
+
+
+def _blocks(runs: list[RunDir]) -> gr.Blocks:
+    settings = runs[0].recipe.serve
+    compare, groups = compare_variants(runs), search_groups(runs)
+    with gr.Blocks(title="Minnow", analytics_enabled=False) as demo:
+        gr.Markdown("# Minnow\n" + "\n".join(f"- `{run.path}` ({run.recipe.task})" for run in runs))
+        threads = gr.Radio(
+            list(THREADS),
+            value=min(2, os.cpu_count() or 1),
+            label="CPU threads per model",
+            info="intra-op threads for ONNX Runtime sessions and PyTorch",
+            elem_id="threads",
+        )
+        with gr.Tabs():
+            if compare:
+                _compare_tab(compare, threads, settings)
+            if groups:
+                _search_tab(groups, threads, settings)
+            _quality_tab(runs, compare + [v for group in groups for v in group.variants])
+    return demo
+
+
+def _compare_tab(variants: list[Variant], threads: gr.Radio, settings: Serve) -> None:
+    with gr.Tab("Compare", id="compare"):
+        prompt = gr.Textbox(
+            label=f"Prompt (at most {settings.max_input_chars} characters)",
+            lines=3,
+            max_length=settings.max_input_chars,
+            elem_id="prompt",
+        )
+        button = gr.Button("Generate", variant="primary", elem_id="generate")
+        outputs: list[gr.components.Component] = []
+        for variant in variants:
+            with gr.Row(equal_height=True):
+                outputs.append(
+                    gr.Textbox(
+                        label=variant.label,
+                        lines=4,
+                        interactive=False,
+                        scale=4,
+                        elem_id=f"out-{variant.slug}",
+                        elem_classes=["variant-output"],
+                    )
+                )
+                with gr.Column(scale=1, min_width=180):
+                    outputs += _metric_numbers(variant, "ttft", "time to first token (ms)", "tps", "tokens/s")
+
+        def compare(text: str, n_threads: int) -> Iterator[list]:
+            yield from _compare(variants, _checked(text, settings.max_input_chars, "prompt"), n_threads, settings)
+
+        gr.on(
+            [button.click, prompt.submit],
+            compare,
+            inputs=[prompt, threads],
+            outputs=outputs,
+            api_name="compare",
+            show_progress="minimal",
+        )
+
+
+def _search_tab(groups: list[SearchGroup], threads: gr.Radio, settings: Serve) -> None:
+    with gr.Tab("Search", id="search"):
+        query = gr.Textbox(
+            label=f"Query (at most {settings.max_input_chars} characters)",
+            max_length=settings.max_input_chars,
+            elem_id="query",
+        )
+        button = gr.Button("Search", variant="primary", elem_id="search")
+        outputs: list[gr.components.Component] = []
+        for group in groups:
+            gr.Markdown(f"Top {settings.top_k} of `{group.corpus}`; overlap@{settings.top_k} is with the teacher's top {settings.top_k}.")
+            with gr.Row():
+                for variant in group.variants:
+                    with gr.Column(min_width=220):
+                        gr.Markdown(f"**{variant.label}**")
+                        outputs.append(gr.Markdown(elem_id=f"hits-{variant.slug}", elem_classes=["variant-hits"]))
+                        outputs += _metric_numbers(variant, "qms", "query latency (ms)", "overlap", f"overlap@{settings.top_k}")
+
+        def run_search(text: str, n_threads: int) -> Iterator[list]:
+            yield from _search(groups, _checked(text, settings.max_input_chars, "query"), n_threads, settings.top_k)
+
+        gr.on(
+            [button.click, query.submit],
+            run_search,
+            inputs=[query, threads],
+            outputs=outputs,
+            api_name="search",
+            show_progress="minimal",
+        )
+
+
+def _metric_numbers(variant: Variant, first_id: str, first: str, second_id: str, second: str) -> list[gr.Number]:
+    """Two result numbers filled by the event, then the variant's (static) size on disk."""
+    numbers = [
+        gr.Number(label=label, precision=2, interactive=False, elem_id=f"{eid}-{variant.slug}", elem_classes=[f"variant-{eid}"])
+        for eid, label in ((first_id, first), (second_id, second))
+    ]
+    gr.Number(variant.size_mb, label="size on disk (MB)", precision=2, interactive=False, elem_id=f"size-{variant.slug}")
+    return numbers
+
+
+def _quality_tab(runs: list[RunDir], variants: list[Variant]) -> None:
+    with gr.Tab("Quality", id="quality"):
+        gr.Dataframe(
+            [[v.label, v.runtime, None if v.size_mb is None else round(v.size_mb, 2)] for v in variants],
+            headers=["variant", "runtime", "size on disk (MB)"],
+            interactive=False,
+            elem_id="sizes",
+        )
+        for run in runs:
+            report = run.report()
+            gr.Markdown(markdown(report) if report else f"`{run.path}` has no report.json yet.")
+
+
+def _checked(text: str | None, limit: int, what: str) -> str:
+    """The user's text, refused with a message (shown in the page, raised by gradio_client) when empty or too long."""
+    text = text or ""
+    if not text.strip():
+        raise gr.Error(f"Type a {what} first.", print_exception=False)
+    if len(text) > limit:
+        raise gr.Error(f"The {what} has {len(text)} characters; this demo accepts at most {limit}.", print_exception=False)
+    return text
+
+
+def _compare(variants: list[Variant], prompt: str, threads: int, settings: Serve) -> Iterator[list]:
+    values: list = ["", None, None] * len(variants)
+    yield list(values)
+    for i, variant in enumerate(variants):
+        at = slice(i * OUTPUTS_PER_VARIANT, (i + 1) * OUTPUTS_PER_VARIANT)
+        try:
+            for part in stream_text(variant, prompt, settings.max_new_tokens, threads):
+                values[at] = [part.text, part.ttft_ms, part.tokens_per_s]
+                yield list(values)
+        except Exception as e:  # one broken variant must not take the others down
+            values[at] = [_failure(variant, e), None, None]
+            yield list(values)
+
+
+def _search(groups: list[SearchGroup], query: str, threads: int, k: int) -> Iterator[list]:
+    values: list = ["", None, None] * sum(len(group.variants) for group in groups)
+    yield list(values)
+    i = 0
+    for group in groups:
+        teacher_ids: set[str] | None = None
+        for variant in group.variants:
+            at = slice(i * OUTPUTS_PER_VARIANT, (i + 1) * OUTPUTS_PER_VARIANT)
+            i += 1
+            try:
+                result = search(variant, group.corpus, query, k, threads)
+            except Exception as e:  # one broken variant must not take the others down
+                values[at] = [_failure(variant, e), None, None]
+                yield list(values)
+                continue
+            ids = {hit.id for hit in result.hits}
+            teacher_ids = ids if variant is group.variants[0] else teacher_ids
+            overlap = len(ids & teacher_ids) / len(teacher_ids) if teacher_ids else None
+            hits = "\n".join(f"{n}. `{hit.score:.3f}` {_shorten(hit.text)}" for n, hit in enumerate(result.hits, 1))
+            values[at] = [hits, result.latency_ms, overlap]
+            yield list(values)
+
+
+def _failure(variant: Variant, error: Exception) -> str:
+    log.error("variant %s failed", variant.label, exc_info=error)
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return f"⚠ {variant.label} could not run: {reason}"
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,96 @@
+"""Greedy, token-by-token generation for one causal-LM variant, with time to first token and throughput."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from distill.causal_lm import load_causal_lm
+from export.causal_lm import encode_prompt, load_model, stream_generate
+from minnow.errors import MinnowError
+
+from .variants import Variant, cached
+
+ONNX_FILES = ("model.onnx", "genai_config.json")
+
+
+@dataclass(frozen=True)
+class Partial:
+    """The text generated so far and its timings."""
+
+    text: str
+    ttft_ms: float
+    tokens_per_s: float
+
+
+def stream_text(variant: Variant, prompt: str, max_new_tokens: int, threads: int) -> Iterator[Partial]:
+    """Greedy-decode ``prompt`` (through the chat template when the tokenizer has one), one Partial per token.
+
+    The model is loaded before the clock starts; tokens/s counts every generated token over the time since
+    the prompt was submitted, so it includes the prompt's processing.
+    """
+    tokenizer = _tokenizer(variant)
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    tokens = _onnx_tokens(variant, prompt_ids, max_new_tokens, threads) if variant.precision else _torch_tokens(
+        variant, prompt_ids, max_new_tokens, threads
+    )
+    start = time.perf_counter()
+    generated: list[int] = []
+    first = 0.0
+    for token in tokens:
+        now = time.perf_counter()
+        first = first or now
+        generated.append(token)
+        text = tokenizer.decode(generated, skip_special_tokens=True)
+        yield Partial(text, (first - start) * 1000, len(generated) / (now - start))
+
+
+def _tokenizer(variant: Variant) -> PreTrainedTokenizerBase:
+    path, revision = variant.path, variant.spec.revision if variant.spec else None
+    return cached(("tokenizer", path, revision), lambda: AutoTokenizer.from_pretrained(path, revision=revision))
+
+
+def _onnx_tokens(variant: Variant, prompt_ids: list[int], max_new_tokens: int, threads: int) -> Iterator[int]:
+    folder = Path(variant.path).resolve()
+    missing = [name for name in ONNX_FILES if not (folder / name).is_file()]
+    if missing:
+        raise MinnowError(f"{folder} has no {', '.join(missing)}; export it again with `minnow export RUN_DIR`")
+    load_model(folder, threads)  # load now, so loading is not timed as the first token
+    return stream_generate(folder, prompt_ids, max_new_tokens, threads)
+
+
+def _torch_tokens(variant: Variant, prompt_ids: list[int], max_new_tokens: int, threads: int) -> Iterator[int]:
+    assert variant.spec is not None
+    spec = variant.spec
+    model: PreTrainedModel = cached(("causal-lm", variant.key), lambda: load_causal_lm(spec, torch.device("cpu")).eval())
+    torch.set_num_threads(threads)
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context is not None and len(prompt_ids) >= context:
+        raise MinnowError(f"the prompt has {len(prompt_ids)} tokens; the model's context holds {context}")
+    limit = max_new_tokens if context is None else min(max_new_tokens, context - len(prompt_ids))
+    return _greedy(model, prompt_ids, limit, _stop_ids(model, _tokenizer(variant)))
+
+
+def _stop_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    return ids | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
+
+
+@torch.inference_mode()
+def _greedy(model: PreTrainedModel, prompt_ids: list[int], max_new_tokens: int, stop_ids: set[int]) -> Iterator[int]:
+    """Argmax decoding with the KV cache; yields each token, the stop token included, like onnxruntime-genai."""
+    input_ids, past = torch.tensor([prompt_ids]), None
+    for _ in range(max_new_tokens):
+        out = model(input_ids=input_ids, past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        token = int(out.logits[0, -1].argmax())
+        yield token
+        if token in stop_ids:
+            return
+        input_ids = torch.tensor([[token]])

@@ -1,0 +1,113 @@
+"""Semantic search over a run's corpus with one embedding variant; corpus embeddings are computed once and kept.
+
+Index embeddings stay in memory and are also saved under ``RUN_DIR/serve_cache/`` (keyed by the model files'
+sizes and times and the corpus content), so a restarted demo does not embed the corpus again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distill.embedding import local_model_dir
+from export.embedding import OnnxEncoder, TorchEncoder
+from minnow.errors import MinnowError
+
+from .variants import Variant, cached, corpus_digest
+
+CACHE_DIR = "serve_cache"
+MAX_LENGTH = 128
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    text: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Result:
+    hits: list[Hit]
+    latency_ms: float
+
+
+def load_corpus(file: Path) -> list[dict[str, str]]:
+    """The demo corpus rows ({"id", "text"}), read once per content."""
+    if not file.is_file():
+        raise MinnowError(f"{file} is missing: the search corpus is written by the distill stage")
+
+    def read() -> list[dict[str, str]]:
+        return [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    return cached(("corpus", str(file), corpus_digest(file)), read)
+
+
+def encoder(variant: Variant, threads: int) -> TorchEncoder | OnnxEncoder:
+    """The variant's encoder (ONNX sessions are made per thread count; PyTorch takes ``threads`` globally)."""
+    if variant.precision:
+        model_file = Path(variant.path) / "model.onnx"
+        if not model_file.is_file():
+            raise MinnowError(f"{model_file} is missing; export it again with `minnow export RUN_DIR`")
+        return cached(("onnx-encoder", variant.key, threads), lambda: OnnxEncoder(Path(variant.path), threads))
+    torch.set_num_threads(threads)
+    revision = variant.spec.revision if variant.spec else None
+    return cached(("torch-encoder", variant.key), lambda: TorchEncoder.from_dir(local_model_dir(variant.path, revision)))
+
+
+def search(variant: Variant, corpus_file: Path, query: str, k: int, threads: int) -> Result:
+    """Top-``k`` corpus rows by cosine similarity; the latency covers embedding the query and ranking."""
+    rows = load_corpus(corpus_file)
+    model = encoder(variant, threads)
+    index = corpus_index(variant, model, rows, corpus_file)
+    start = time.perf_counter()
+    scores = index @ model.encode([query], max_length=MAX_LENGTH)[0]
+    top = np.argsort(-scores, kind="stable")[:k]
+    latency_ms = (time.perf_counter() - start) * 1000
+    return Result([Hit(rows[i]["id"], rows[i]["text"], float(scores[i])) for i in top], latency_ms)
+
+
+def corpus_index(
+    variant: Variant, model: TorchEncoder | OnnxEncoder, rows: list[dict[str, str]], corpus_file: Path
+) -> np.ndarray:
+    """Normalised corpus embeddings [len(rows), dim]: from memory, else from the saved file, else computed."""
+    file = variant.run / CACHE_DIR / f"{variant.slug}-{_fingerprint(variant, corpus_file)}.npy"
+
+    def load_or_embed() -> np.ndarray:
+        if file.is_file():
+            return np.load(file)
+        index = model.encode([row["text"] for row in rows], max_length=MAX_LENGTH)
+        _save(file, index)
+        return index
+
+    return cached(("index", str(file)), load_or_embed)
+
+
+def _fingerprint(variant: Variant, corpus_file: Path) -> str:
+    digest = hashlib.sha256(corpus_digest(corpus_file).encode())
+    folder = Path(variant.path)
+    for f in sorted(folder.rglob("*")) if folder.is_dir() else []:
+        if f.is_file():
+            stat = f.stat()
+            digest.update(f"{f.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _save(file: Path, array: np.ndarray) -> None:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, file)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

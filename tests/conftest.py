@@ -1,0 +1,65 @@
+"""Shared fixtures: a tiny causal-LM teacher/student pair and finished runs made with the real `minnow` command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_models import make_pair  # noqa: E402
+
+MINNOW = [sys.executable, "-m", "minnow"]
+
+
+def run_minnow(*args: str, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run([*MINNOW, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def write_recipe(path: Path, recipe: dict) -> Path:
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tmp_path_factory) -> dict[str, Path]:
+    return make_pair(tmp_path_factory.mktemp("tiny"))
+
+
+def tiny_recipe(pair: dict[str, Path], runs: Path, **changes) -> dict:
+    recipe = {
+        "name": "tiny",
+        "task": "causal-lm",
+        "teacher": {"path": str(pair["teacher"])},
+        "student": {"path": str(pair["student"])},
+        "data": {"path": str(pair["data"]), "prompt_field": "prompt", "response_field": "response", "heldout": 16},
+        "distill": {"steps": 40, "lr": 0.003, "batch_size": 8, "save_steps": 20, "max_seq_len": 128},
+        "export": {"precisions": ["fp32", "int4"]},
+        "runs_dir": str(runs),
+    }
+    for key, value in changes.items():
+        recipe[key] = value
+    return recipe
+
+
+@pytest.fixture(scope="session")
+def tiny_run_result(tiny_pair, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """`minnow run` on the tiny recipe, through the real console entry point."""
+    root = tmp_path_factory.mktemp("tiny-run")
+    recipe = write_recipe(root / "tiny.yaml", tiny_recipe(tiny_pair, root / "runs"))
+    result = run_minnow("run", str(recipe), cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (root / "runs").iterdir()
+    return result, run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_run_result) -> Path:
+    """A finished causal-LM run directory with student/, onnx/fp32, onnx/int4, report.json and report.md."""
+    return tiny_run_result[1]
