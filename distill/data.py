@@ -134,6 +134,8 @@ def split_heldout(examples: list[Example], heldout: int, seed: int) -> tuple[lis
 
 def check_data(recipe: Recipe) -> str:
     """Load the recipe's data the way a run will, so problems surface before any compute; a one-line summary."""
+    if recipe.data.dataset is not None and not Path(recipe.data.dataset).exists():
+        return f"dataset {recipe.data.dataset!r} is fetched from the hub when the run starts"
     examples = load_examples(recipe.data)
     unique = dedup(examples) if recipe.curriculum.dedup else examples
     train, heldout = split_heldout(unique, recipe.data.heldout, recipe.distill.seed)

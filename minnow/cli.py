@@ -121,12 +121,13 @@ def report_cmd(run_dir: RunArg) -> None:
 @_guard
 def serve(
     run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories to compare.", show_default=False)],
+    port: Annotated[Optional[int], typer.Option(help="Port to listen on (default: serve.port of the first run).")] = None,
 ) -> None:
     """Start the Gradio demo over one or more runs."""
-    _serve(run_dirs)
+    _serve(run_dirs, port)
 
 
-def _serve(run_dirs: list[Path]) -> None:
+def _serve(run_dirs: list[Path], port: int | None = None) -> None:
     from serve.app import launch
 
-    launch(run_dirs)
+    launch(run_dirs, port)

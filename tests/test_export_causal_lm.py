@@ -19,6 +19,15 @@ from tiny_models import make_pair
 PROMPTS = ["My printer will not charge. What should I do?", "My router is very slow. What should I do?"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Train the tiny models on one thread: two OpenMP threads on a busy 2-core machine run several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def qwen(tmp_path_factory) -> dict:
     """The trained tiny Qwen2 teacher (standing in for a merged student), exported at fp32 and int4."""
