@@ -76,8 +76,10 @@ def teacher_pass(
     symbols and mixed-up text scatter. A free by-product of the pass that computes the training targets.
     """
     embeddings, scores = [], []
+    by_length = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # batches of similar length pad little
     for i in track(range(0, len(texts), batch_size), description="Teacher embeddings"):
-        batch = tok(texts[i : i + batch_size], padding=True, truncation=True, max_length=max_len, return_tensors="pt").to(device)
+        chunk = [texts[j] for j in by_length[i : i + batch_size]]
+        batch = tok(chunk, padding=True, truncation=True, max_length=max_len, return_tensors="pt").to(device)
         hidden = teacher.encoder(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         sentence = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
@@ -85,7 +87,8 @@ def teacher_pass(
         coherence = (token_cos * mask.squeeze(-1)).sum(1) / mask.squeeze(-1).sum(1)
         embeddings.append(sentence.float().cpu().numpy())
         scores += (1 - coherence).tolist()
-    return np.concatenate(embeddings), np.array(scores)
+    restore = np.argsort(by_length)
+    return np.concatenate(embeddings)[restore], np.array(scores)[restore]
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

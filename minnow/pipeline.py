@@ -14,6 +14,7 @@ from .report import write_markdown
 from .rundir import RunDir
 
 console = Console(stderr=True)
+MEASURE_TEXTS = 512
 
 
 @contextmanager
@@ -55,6 +56,20 @@ def export(run: RunDir) -> None:
 
         section = export_embedding(run.student, run.onnx, recipe.export.precisions, prompts)
     run.update_report("export", section)
+    if recipe.task == "embedding":
+        measure(run)
+
+
+def measure(run: RunDir) -> None:
+    """Every variant on the same held-out texts, batch and threads: quality kept and sentences/s."""
+    import json
+
+    from distill.embedding import HELDOUT_FILE
+    from export.measure import measure_embedding
+
+    console.rule("[bold]measure[/] teacher, student and each ONNX precision")
+    texts = [json.loads(line)["text"] for line in (run.path / HELDOUT_FILE).read_text().splitlines()]
+    run.update_report("variants", measure_embedding(run, texts[:MEASURE_TEXTS]))
 
 
 def report(run: RunDir) -> None:
@@ -67,4 +82,6 @@ def is_distilled(run: RunDir) -> bool:
 
 
 def is_exported(run: RunDir) -> bool:
-    return "export" in run.report() and all((run.onnx / p).is_dir() for p in run.recipe.export.precisions)
+    report = run.report()
+    measured = run.recipe.task != "embedding" or "variants" in report
+    return "export" in report and measured and all((run.onnx / p).is_dir() for p in run.recipe.export.precisions)

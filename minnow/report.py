@@ -42,12 +42,19 @@ def _embedding_quality(d: dict) -> list[str]:
     keys = ["mean_cosine", "spearman_pairwise", "top10_overlap"]
     rows = [[name, *(d[stage]["student"].get(k) for k in keys)] for name, stage in (("student before", "eval_before"), ("student after", "eval"))]
     lines = [f"Held-out: {d['eval']['texts']} texts. 1.0 = identical to the teacher.", ""]
-    lines += _table(["model", "mean cosine to teacher", "Spearman of pairwise similarities", "top-10 retrieval overlap"], rows)
-    speed = d["eval"].get("throughput")
-    if speed:
-        lines += ["Throughput (sentences/s, same batch and threads):", ""]
-        lines += _table(["variant", "sentences/s", "× teacher"], [[k, v, v / speed["teacher"]] for k, v in speed.items()])
-    return lines
+    return lines + _table(["model", "mean cosine to teacher", "Spearman of pairwise similarities", "top-10 retrieval overlap"], rows)
+
+
+def _variants(v: dict) -> list[str]:
+    lines = [
+        "## Variants side by side",
+        "",
+        f"{v['texts']} held-out texts, batch {v['batch_size']}, {v['threads']} threads; quality against the teacher.",
+        "",
+    ]
+    keys = ["sentences_per_s", "speedup_vs_teacher", "mean_cosine", "spearman_pairwise", "top10_overlap"]
+    rows = [[name, _mb(r["size_bytes"]), *(r.get(k) for k in keys)] for name, r in v["variants"].items()]
+    return lines + _table(["variant", "size", "sentences/s", "× teacher", "mean cosine", "Spearman", "top-10 overlap"], rows)
 
 
 def markdown(report: dict) -> str:
@@ -74,6 +81,8 @@ def markdown(report: dict) -> str:
         lines += ["## Export", ""]
         rows = [[prec, v["path"], _mb(v["size_bytes"]), _parity(v["parity"])] for prec, v in e.items()]
         lines += _table(["precision", "folder", "size", "parity with PyTorch"], rows)
+    if report.get("variants"):
+        lines += _variants(report["variants"])
     return "\n".join(lines)
 
 

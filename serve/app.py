@@ -26,7 +26,7 @@ from .search import search
 from .variants import SearchGroup, Variant, compare_variants, open_runs, search_groups
 
 THREADS = (1, 2, 4)
-# Per variant, the outputs an event fills: text (or hits), then two numbers.
+# Per variant, the outputs an event fills: text (or hits), then two metrics.
 OUTPUTS_PER_VARIANT = 3
 
 log = logging.getLogger(__name__)
@@ -76,23 +76,23 @@ def _compare_tab(variants: list[Variant], threads: gr.Radio, settings: Serve) ->
             elem_id="prompt",
         )
         button = gr.Button("Generate", variant="primary", elem_id="generate")
+        gr.Markdown(f"Greedy decoding, at most {settings.max_new_tokens} new tokens; the variants run one after another.")
         outputs: list[gr.components.Component] = []
         for variant in variants:
-            with gr.Row(equal_height=True):
+            with gr.Row():
                 outputs.append(
                     gr.Textbox(
                         label=variant.label,
-                        lines=4,
+                        lines=3,
                         interactive=False,
                         scale=4,
                         elem_id=f"out-{variant.slug}",
                         elem_classes=["variant-output"],
                     )
                 )
-                with gr.Column(scale=1, min_width=180):
-                    outputs += _metric_numbers(variant, "ttft", "time to first token (ms)", "tps", "tokens/s")
+                outputs += _metric_fields(variant, {"ttft": "time to first token (ms)", "tps": "tokens/s"})
 
-        def compare(text: str, n_threads: int) -> Iterator[list]:
+        def compare(text: str, n_threads: int) -> Iterator[list[str]]:
             yield from _compare(variants, _checked(text, settings.max_input_chars, "prompt"), n_threads, settings)
 
         gr.on(
@@ -118,12 +118,16 @@ def _search_tab(groups: list[SearchGroup], threads: gr.Radio, settings: Serve) -
             gr.Markdown(f"Top {settings.top_k} of `{group.corpus}`; overlap@{settings.top_k} is with the teacher's top {settings.top_k}.")
             with gr.Row():
                 for variant in group.variants:
-                    with gr.Column(min_width=220):
+                    with gr.Column(min_width=240):
                         gr.Markdown(f"**{variant.label}**")
-                        outputs.append(gr.Markdown(elem_id=f"hits-{variant.slug}", elem_classes=["variant-hits"]))
-                        outputs += _metric_numbers(variant, "qms", "query latency (ms)", "overlap", f"overlap@{settings.top_k}")
+                        with gr.Row():
+                            latency, overlap = _metric_fields(
+                                variant, {"qms": "query latency (ms)", "overlap": f"overlap@{settings.top_k}"}
+                            )
+                        hits = gr.Markdown(elem_id=f"hits-{variant.slug}", elem_classes=["variant-hits"])
+                        outputs += [hits, latency, overlap]
 
-        def run_search(text: str, n_threads: int) -> Iterator[list]:
+        def run_search(text: str, n_threads: int) -> Iterator[list[str]]:
             yield from _search(groups, _checked(text, settings.max_input_chars, "query"), n_threads, settings.top_k)
 
         gr.on(
@@ -136,14 +140,32 @@ def _search_tab(groups: list[SearchGroup], threads: gr.Radio, settings: Serve) -
         )
 
 
-def _metric_numbers(variant: Variant, first_id: str, first: str, second_id: str, second: str) -> list[gr.Number]:
-    """Two result numbers filled by the event, then the variant's (static) size on disk."""
-    numbers = [
-        gr.Number(label=label, precision=2, interactive=False, elem_id=f"{eid}-{variant.slug}", elem_classes=[f"variant-{eid}"])
-        for eid, label in ((first_id, first), (second_id, second))
-    ]
-    gr.Number(variant.size_mb, label="size on disk (MB)", precision=2, interactive=False, elem_id=f"size-{variant.slug}")
-    return numbers
+def _metric_fields(variant: Variant, metrics: dict[str, str]) -> list[gr.Textbox]:
+    """One field per metric (elem_id prefix → label), filled by the event, then the variant's size on disk.
+
+    Textboxes rather than gr.Number: a Number without a value shows 0 before the first request.
+    """
+    fields = [_field(prefix, label, variant) for prefix, label in metrics.items()]
+    _field("size", "size on disk (MB)", variant, _number(variant.size_mb))
+    return fields
+
+
+def _field(prefix: str, label: str, variant: Variant, value: str = "") -> gr.Textbox:
+    return gr.Textbox(
+        value,
+        label=label,
+        placeholder="—",
+        max_lines=1,
+        interactive=False,
+        min_width=120,
+        elem_id=f"{prefix}-{variant.slug}",
+        elem_classes=[f"variant-{prefix}"],
+    )
+
+
+def _number(value: float | None) -> str:
+    """Metrics travel as text ("12.34", or "" when there is none); gradio_client callers float() them."""
+    return "" if value is None else f"{value:.2f}"
 
 
 def _quality_tab(runs: list[RunDir], variants: list[Variant]) -> None:
@@ -169,22 +191,22 @@ def _checked(text: str | None, limit: int, what: str) -> str:
     return text
 
 
-def _compare(variants: list[Variant], prompt: str, threads: int, settings: Serve) -> Iterator[list]:
-    values: list = ["", None, None] * len(variants)
+def _compare(variants: list[Variant], prompt: str, threads: int, settings: Serve) -> Iterator[list[str]]:
+    values = ["", "", ""] * len(variants)
     yield list(values)
     for i, variant in enumerate(variants):
         at = slice(i * OUTPUTS_PER_VARIANT, (i + 1) * OUTPUTS_PER_VARIANT)
         try:
             for part in stream_text(variant, prompt, settings.max_new_tokens, threads):
-                values[at] = [part.text, part.ttft_ms, part.tokens_per_s]
+                values[at] = [part.text, _number(part.ttft_ms), _number(part.tokens_per_s)]
                 yield list(values)
         except Exception as e:  # one broken variant must not take the others down
-            values[at] = [_failure(variant, e), None, None]
+            values[at] = [_failure(variant, e), "", ""]
             yield list(values)
 
 
-def _search(groups: list[SearchGroup], query: str, threads: int, k: int) -> Iterator[list]:
-    values: list = ["", None, None] * sum(len(group.variants) for group in groups)
+def _search(groups: list[SearchGroup], query: str, threads: int, k: int) -> Iterator[list[str]]:
+    values = ["", "", ""] * sum(len(group.variants) for group in groups)
     yield list(values)
     i = 0
     for group in groups:
@@ -195,14 +217,14 @@ def _search(groups: list[SearchGroup], query: str, threads: int, k: int) -> Iter
             try:
                 result = search(variant, group.corpus, query, k, threads)
             except Exception as e:  # one broken variant must not take the others down
-                values[at] = [_failure(variant, e), None, None]
+                values[at] = [_failure(variant, e), "", ""]
                 yield list(values)
                 continue
             ids = {hit.id for hit in result.hits}
             teacher_ids = ids if variant is group.variants[0] else teacher_ids
             overlap = len(ids & teacher_ids) / len(teacher_ids) if teacher_ids else None
             hits = "\n".join(f"{n}. `{hit.score:.3f}` {_shorten(hit.text)}" for n, hit in enumerate(result.hits, 1))
-            values[at] = [hits, result.latency_ms, overlap]
+            values[at] = [hits, _number(result.latency_ms), _number(overlap)]
             yield list(values)
 
 

