@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from rich.console import Console
 from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
 
 from minnow import atomic
 from minnow.recipe import Recipe
@@ -44,8 +46,10 @@ def training_arguments(recipe: Recipe, output_dir: Path, device: torch.device, *
 
 def train_resuming(trainer: Trainer, checkpoints: Path) -> None:
     """Train, continuing from the newest checkpoint when an earlier attempt left one."""
-    resume = checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if last:
+        Console(stderr=True).print(f"resuming from {Path(last).name}")
+    trainer.train(resume_from_checkpoint=last)
 
 
 def save_pretrained(model, tokenizer, folder: Path) -> None:

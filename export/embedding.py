@@ -108,9 +108,10 @@ class TorchEncoder:
 
     @torch.inference_mode()
     def encode(self, texts: list[str], batch_size: int = 32, max_length: int = 128) -> np.ndarray:
-        """Normalised embeddings, shape [len(texts), dim]."""
+        """Normalised embeddings, shape [len(texts), dim], computed on whichever device the model is on."""
+        device = next(self.model.parameters()).device
         out = [
-            self.model(batch["input_ids"], batch["attention_mask"]).float().numpy()
+            self.model(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float().cpu().numpy()
             for batch in _batches(self.tokenizer, texts, batch_size, max_length, "pt")
         ]
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)

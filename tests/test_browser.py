@@ -1,0 +1,95 @@
+"""`minnow serve` in a subprocess, driven in headless Chromium: a prompt in, every variant's answer and timings out."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from serve.variants import compare_variants, open_runs
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+SCREENSHOT = Path(__file__).parent.parent / "test-artifacts" / "demo.png"
+PROMPT = "My laptop will not charge. What should I do?"
+STARTUP_SECONDS = 180
+ANSWER_MS = 120_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(url: str, server: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"`minnow serve` exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(1)
+    pytest.fail(f"`minnow serve` did not answer within {STARTUP_SECONDS} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def demo_url(tiny_run: Path, tmp_path: Path) -> Iterator[str]:
+    """The demo of the tiny run, started with the real command on a free port."""
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "minnow", "serve", str(tiny_run), "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_up(url, server, log)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"needs Chromium at {CHROMIUM} (apt-get install chromium)")
+def test_prompt_streams_an_answer_and_timings_for_every_variant(demo_url: str, tiny_run: Path):
+    from playwright.sync_api import expect, sync_playwright
+
+    slugs = [v.slug for v in compare_variants(open_runs([tiny_run]))]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(demo_url)
+            expect(page.locator(".variant-output")).to_have_count(len(slugs))
+            page.locator("#prompt textarea").fill(PROMPT)
+            page.locator("#generate").click()
+            # Variants run in order: once the last one has a tokens/s, the others are done; then wait for it to end.
+            expect(page.locator(f"#tps-{slugs[-1]} input")).not_to_have_value("", timeout=ANSWER_MS)
+            expect(page.locator(f"#out-{slugs[-1]} [data-testid='status-tracker']")).to_have_class(re.compile(r"\bhide\b"))
+            for slug in slugs:
+                expect(page.locator(f"#out-{slug} textarea")).not_to_have_value("")
+                assert not page.locator(f"#out-{slug} textarea").input_value().startswith("⚠"), slug
+                for metric in ("ttft", "tps", "size"):
+                    assert float(page.locator(f"#{metric}-{slug} input").input_value()) >= 0, (slug, metric)
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT), full_page=True)
+        finally:
+            browser.close()
