@@ -115,7 +115,8 @@ def _search_tab(groups: list[SearchGroup], threads: gr.Radio, settings: Serve) -
         button = gr.Button("Search", variant="primary", elem_id="search")
         outputs: list[gr.components.Component] = []
         for group in groups:
-            gr.Markdown(f"Top {settings.top_k} of `{group.corpus}`; overlap@{settings.top_k} is with the teacher's top {settings.top_k}.")
+            k = settings.top_k
+            gr.Markdown(f"Top {k} of `{group.corpus}`; overlap@{k} is the share of the teacher's top {k} found.")
             with gr.Row():
                 for variant in group.variants:
                     with gr.Column(min_width=240):

@@ -22,7 +22,7 @@ T = TypeVar("T")
 Runtime = Literal["pytorch", "onnx"]
 
 _cache: dict[tuple, object] = {}
-_cache_lock = threading.Lock()
+_cache_lock = threading.RLock()  # a load may itself use the cache
 
 
 def cached(key: tuple, load: Callable[[], T]) -> T:
