@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import jinja2
 import torch
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
@@ -49,7 +50,16 @@ def check_tokenizers(teacher_path: str, student_tok: PreTrainedTokenizerBase) ->
 
 
 def tokenize(ex: Example, tok: PreTrainedTokenizerBase, chat_template: bool, max_len: int) -> dict:
-    """input_ids and labels; labels are IGNORE_INDEX on the prompt so only response tokens are trained."""
+    """input_ids and labels; labels are IGNORE_INDEX on the prompt so only response tokens are trained.
+
+    A conversation (``messages``) trains its assistant turns only.
+    """
+    if "messages" in ex:
+        use_template = chat_template and bool(tok.chat_template)
+        segments = _template_segments(ex["messages"], tok) if use_template else _plain_segments(ex["messages"], tok)
+        ids = [i for piece, _ in segments for i in piece][:max_len]
+        labels = [i if trained else IGNORE_INDEX for piece, trained in segments for i in piece][:max_len]
+        return {"id": ex["id"], "input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
     if "text" in ex:
         ids = tok(ex["text"], add_special_tokens=True)["input_ids"] + [tok.eos_token_id]
         prompt_len = 0
@@ -70,8 +80,57 @@ def tokenize(ex: Example, tok: PreTrainedTokenizerBase, chat_template: bool, max
     return {"id": ex["id"], "input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
 
+def _template_segments(messages: list[dict[str, str]], tok: PreTrainedTokenizerBase) -> list[tuple[list[int], bool]]:
+    """The conversation through the chat template as (token ids, trained) pieces: assistant turns are trained.
+
+    An assistant turn starts where the template of the messages before it, with the generation prompt, ends,
+    and ends where the template of the messages up to and including it ends.
+    """
+
+    def render(part: list[dict[str, str]], generation_prompt: bool = False) -> str:
+        try:
+            return tok.apply_chat_template(part, add_generation_prompt=generation_prompt, tokenize=False)
+        except jinja2.TemplateError as e:
+            raise MinnowError(f"data: the chat template rejects the conversation {_opening(messages)}: {e}") from None
+
+    full, pos, pieces = render(messages), 0, []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        start, end = render(messages[:i], generation_prompt=True), render(messages[: i + 1])
+        if not (full.startswith(end) and end.startswith(start) and len(start) >= pos):
+            raise MinnowError(
+                f"data: the tokenizer's chat template does not render the conversation {_opening(messages)} turn by "
+                "turn, so its assistant turns cannot be found; set data.chat_template: false"
+            )
+        pieces += [(full[pos : len(start)], False), (full[len(start) : len(end)], True)]
+        pos = len(end)
+    pieces.append((full[pos:], False))
+    return [(tok(text, add_special_tokens=False)["input_ids"], trained) for text, trained in pieces if text]
+
+
+def _plain_segments(messages: list[dict[str, str]], tok: PreTrainedTokenizerBase) -> list[tuple[list[int], bool]]:
+    """Without a chat template: `role: content` lines; each assistant content and its end-of-sequence are trained."""
+    pieces: list[tuple[list[int], bool]] = []
+    context = ""
+    for message in messages:
+        if message["role"] != "assistant":
+            context += f"{message['role']}: {message['content']}\n"
+            continue
+        pieces.append((tok(context + "assistant: ", add_special_tokens=not pieces)["input_ids"], False))
+        pieces.append((tok(message["content"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id], True))
+        context = "\n"
+    return pieces
+
+
+def _opening(messages: list[dict[str, str]]) -> str:
+    return repr(messages[0]["content"][:60])
+
+
 def prompt_text(ex: Example, tok: PreTrainedTokenizerBase, chat_template: bool) -> str:
     """What a user would send for this example (used by the export parity check and the demo)."""
+    if "messages" in ex:
+        return next(m["content"] for m in reversed(ex["messages"]) if m["role"] == "user")
     if "text" in ex:
         return " ".join(ex["text"].split()[:8])
     return ex["prompt"]

@@ -1,23 +1,59 @@
 """Examples from the user's data: load, check fields, give each a stable id, deduplicate, split held-out.
 
-An example is a dict with an ``id`` and either ``text`` or ``prompt`` + ``response``. The id is a hash of
-the content, so scores, splits and caches stay attached to the example whatever the file order.
+An example is a dict with an ``id`` and either ``text``, ``prompt`` + ``response``, or ``messages`` (a chat: a
+list of ``{"role", "content"}``). The id is a hash of the content, so scores, splits and caches stay attached to
+the example whatever the file order. A malformed row stops the load with its file and line, or, with
+``data.on_bad_line: skip``, is skipped with a warning naming them; nothing is dropped silently.
 """
 
 from __future__ import annotations
 
 import ast
+import csv
 import hashlib
 import json
 import re
 import sysconfig
 from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console
+from rich.markup import escape
 
 from minnow.errors import MinnowError
 from minnow.recipe import Data, Recipe
 
-Example = dict[str, str]
-SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+Example = dict[str, Any]
+Row = tuple[str, dict]
+OnBadRow = Callable[[str, str], None]
+console = Console(stderr=True)
+
+
+class BadRow(ValueError):
+    """A row that cannot become an example; the message says why."""
+
+
+class BadLines:
+    """Applies ``data.on_bad_line`` to a malformed row: stop naming file:line, or warn and remember it."""
+
+    def __init__(self, policy: str) -> None:
+        self.policy = policy
+        self.skipped: list[str] = []
+
+    def __call__(self, where: str, problem: str) -> None:
+        message = f"{where}: {problem}"
+        if self.policy == "stop":
+            raise MinnowError(f"{message} (data.on_bad_line: skip would skip such rows)")
+        console.print(f"[yellow]warning:[/] skipped {escape(message)}", highlight=False, soft_wrap=True)
+        self.skipped.append(message)
+
+
+class Examples(list[Example]):
+    """Loaded examples in file order; ``skipped`` holds each skipped malformed row as ``file:line: problem``."""
+
+    def __init__(self, examples: list[Example], skipped: list[str]) -> None:
+        super().__init__(examples)
+        self.skipped = skipped
 
 
 def stable_id(example: Example) -> str:
@@ -49,70 +85,185 @@ def python_docstrings(min_words: int = 12, max_words: int = 200) -> list[str]:
     return paragraphs
 
 
-def _read_rows(spec: Data) -> tuple[list[dict], str]:
-    """Rows as dicts plus a name for messages; jsonl is parsed here so errors can name the line."""
-    if spec.builtin == "python-docstrings":
-        return [{"text": t} for t in python_docstrings()], "builtin:python-docstrings"
-    if spec.dataset is not None:
-        import datasets
+def read_rows(spec: Data, bad: OnBadRow, limit: int | None = None) -> tuple[list[Row], str]:
+    """The first ``limit`` rows (all by default), each with where it came from, and a name for the source.
 
-        try:
-            ds = datasets.load_dataset(spec.dataset, split=spec.split)
-        except Exception as e:
-            raise MinnowError(f"data.dataset: cannot load {spec.dataset!r} split {spec.split!r}: {e}") from None
-        return list(ds), spec.dataset
+    ``bad(where, problem)`` is called for each row that cannot be parsed, and may raise.
+    """
+    if spec.builtin == "python-docstrings":
+        source = "builtin:python-docstrings"
+        return _numbered(source, [{"text": t} for t in python_docstrings()[:limit]], "paragraph"), source
+    if spec.dataset is not None:
+        return _numbered(spec.dataset, _dataset_rows(spec, limit), "row"), spec.dataset
     path = Path(spec.path)
-    if path.suffix not in SUFFIXES:
-        raise MinnowError(f"{path}: unsupported data file type {path.suffix!r}; use one of {', '.join(SUFFIXES)}")
-    if path.suffix == ".txt":
-        text = path.read_text(encoding="utf-8")
-        return [{"text": p.strip()} for p in re.split(r"\n\s*\n", text) if p.strip()], str(path)
-    if path.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    readers = {".jsonl": _jsonl_rows, ".json": _json_rows, ".csv": _csv_rows, ".parquet": _parquet_rows, ".txt": _txt_rows}
+    if path.suffix.lower() not in readers:
+        raise MinnowError(f"{path}: unsupported data file type {path.suffix!r}; use one of {', '.join(readers)}")
+    return readers[path.suffix.lower()](path, bad, limit), str(path)
+
+
+def _numbered(source: str, rows: list[dict], unit: str) -> list[Row]:
+    return [(f"{source}, {unit} {n}", row) for n, row in enumerate(rows, start=1)]
+
+
+def _head(ds: Any, limit: int | None) -> list[dict]:
+    return list(ds if limit is None else ds.select(range(min(limit, len(ds)))))
+
+
+def _dataset_rows(spec: Data, limit: int | None) -> list[dict]:
+    """A `datasets` hub dataset, a folder of data files, or a folder written by ``save_to_disk``."""
+    import datasets
+
+    folder = Path(spec.dataset)
+    saved = (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()
+    try:
+        ds = datasets.load_from_disk(str(folder)) if saved else datasets.load_dataset(spec.dataset, split=spec.split)
+    except Exception as e:
+        raise MinnowError(f"data.dataset: cannot load {spec.dataset!r} split {spec.split!r}: {e}") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if spec.split not in ds:
+            raise MinnowError(f"data.split: {spec.dataset} has splits {', '.join(ds)}, not {spec.split!r}")
+        ds = ds[spec.split]
+    return _head(ds, limit)
+
+
+def _jsonl_rows(path: Path, bad: OnBadRow, limit: int | None) -> list[Row]:
+    rows: list[Row] = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if limit is not None and len(rows) >= limit:
+                break
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise MinnowError(f"{path}:{n}: not valid JSON: {e.msg}") from None
+                bad(f"{path}:{n}", f"not valid JSON: {e.msg}")
+                continue
             if not isinstance(row, dict):
-                raise MinnowError(f"{path}:{n}: each line must be a JSON object")
-            rows.append(row | {"_line": n})
-        return rows, str(path)
-    import datasets
+                bad(f"{path}:{n}", "each line must be a JSON object")
+                continue
+            rows.append((f"{path}:{n}", row))
+    return rows
+
+
+def _csv_rows(path: Path, bad: OnBadRow, limit: int | None) -> list[Row]:
+    """Rows of a comma-separated file with a header line; every value stays a string."""
+    rows: list[Row] = []
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        try:
+            for row in reader:
+                if limit is not None and len(rows) >= limit:
+                    break
+                where = f"{path}:{reader.line_num}"
+                if None in row or None in row.values():
+                    bad(where, f"expected {len(reader.fieldnames)} comma-separated values like the header")
+                    continue
+                rows.append((where, row))
+        except csv.Error as e:
+            raise MinnowError(f"{path}:{reader.line_num}: not valid CSV: {e}") from None
+    return rows
+
+
+def _json_rows(path: Path, bad: OnBadRow, limit: int | None) -> list[Row]:
+    """A JSON list of objects; a .json file holding one object per line reads as JSON Lines."""
+    text = path.read_text(encoding="utf-8")
+    if not text.lstrip().startswith("["):
+        return _jsonl_rows(path, bad, limit)
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise MinnowError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
+    rows: list[Row] = []
+    for n, item in enumerate(items[:limit], start=1):
+        if isinstance(item, dict):
+            rows.append((f"{path}, item {n}", item))
+        else:
+            bad(f"{path}, item {n}", "each item of the list must be a JSON object")
+    return rows
+
+
+def _parquet_rows(path: Path, bad: OnBadRow, limit: int | None) -> list[Row]:
+    import pyarrow
+    import pyarrow.parquet as pq
 
     try:
-        ds = datasets.load_dataset(SUFFIXES[path.suffix], data_files=str(path), split="train")
-    except Exception as e:
-        raise MinnowError(f"{path}: cannot read: {e}") from None
-    return list(ds), str(path)
+        table = pq.read_table(path)
+    except (pyarrow.ArrowException, OSError) as e:
+        raise MinnowError(f"{path}: not a readable parquet file: {e}") from None
+    return _numbered(str(path), table.slice(0, limit).to_pylist(), "row")
 
 
-def load_examples(spec: Data) -> list[Example]:
-    """Examples with ``id`` and ``text`` or ``prompt``/``response``, in file order, before dedup."""
-    rows, source = _read_rows(spec)
-    if not rows:
-        raise MinnowError(f"{source}: no examples in the data")
+def _txt_rows(path: Path, bad: OnBadRow, limit: int | None) -> list[Row]:
+    """Paragraphs (separated by blank lines) as ``text`` rows."""
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", path.read_text(encoding="utf-8")) if p.strip()]
+    return _numbered(str(path), [{"text": p} for p in paragraphs[:limit]], "paragraph")
+
+
+def _example(row: dict, spec: Data) -> Example:
+    """The example one row holds; raises BadRow saying what is wrong with it."""
+    if spec.messages_field is not None:
+        return {"messages": _messages(row, spec.messages_field)}
     fields = {"prompt": spec.prompt_field, "response": spec.response_field} if spec.prompt_field else {}
-    fields = fields or {"text": spec.text_field or "text"}
+    example = {}
+    for name, field in (fields or {"text": spec.text_field or "text"}).items():
+        value = row.get(field)
+        if value is None:
+            raise BadRow(f"missing field {field!r} (data.{name}_field); the row has {sorted(row)}")
+        if not isinstance(value, str):
+            raise BadRow(f"field {field!r} must be a string, got {type(value).__name__}")
+        example[name] = value
+    if spec.prompt_template is not None:
+        example["prompt"] = spec.prompt_template.replace("{prompt}", example["prompt"])
+    return example
+
+
+def _messages(row: dict, field: str) -> list[dict[str, str]]:
+    value = row.get(field)
+    if value is None:
+        raise BadRow(f"missing field {field!r} (data.messages_field); the row has {sorted(row)}")
+    if not isinstance(value, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+    ):
+        raise BadRow(f"field {field!r} must be a list of messages, each with a string `role` and `content`")
+    roles = {m["role"] for m in value}
+    if not {"user", "assistant"} <= roles:
+        raise BadRow(f"field {field!r} needs a user and an assistant message; its roles are {sorted(roles)}")
+    if value[0]["role"] == "assistant":
+        raise BadRow(f"field {field!r} starts with an assistant message; a chat starts with a system or user message")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def _is_empty(example: Example) -> bool:
+    texts = [m["content"] for m in example["messages"]] if "messages" in example else list(example.values())
+    return not any(t.strip() for t in texts)
+
+
+def load_examples(spec: Data) -> Examples:
+    """Examples with ``id`` and ``text``, ``prompt``/``response`` or ``messages``, in file order, before dedup."""
+    bad = BadLines(spec.on_bad_line)
+    rows, source = read_rows(spec, bad)
     examples = []
-    for i, row in enumerate(rows):
-        where = f"{source}:{row.get('_line', i + 1)}"
-        ex = {}
-        for name, field in fields.items():
-            value = row.get(field)
-            if value is None:
-                raise MinnowError(f"{where}: missing field {field!r} (data.{name}_field); the row has {sorted(row)}")
-            if not isinstance(value, str):
-                raise MinnowError(f"{where}: field {field!r} must be a string, got {type(value).__name__}")
-            ex[name] = value
-        if not any(v.strip() for v in ex.values()):
+    for where, row in rows:
+        try:
+            example = _example(row, spec)
+        except BadRow as e:
+            bad(where, str(e))
             continue
-        examples.append(ex | {"id": stable_id(ex)})
+        if not _is_empty(example):
+            examples.append(example | {"id": stable_id(example)})
+    if bad.skipped:
+        console.print(
+            f"[yellow]warning:[/] malformed rows of {escape(source)} skipped: {len(bad.skipped)} (data.on_bad_line: skip)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if not rows and not bad.skipped:
+        raise MinnowError(f"{source}: no examples in the data")
     if not examples:
-        raise MinnowError(f"{source}: every example is empty")
-    return examples
+        raise MinnowError(f"{source}: no usable examples ({len(bad.skipped)} malformed rows skipped, the rest empty)")
+    return Examples(examples, bad.skipped)
 
 
 def dedup(examples: list[Example]) -> list[Example]:
@@ -139,4 +290,5 @@ def check_data(recipe: Recipe) -> str:
     examples = load_examples(recipe.data)
     unique = dedup(examples) if recipe.curriculum.dedup else examples
     train, heldout = split_heldout(unique, recipe.data.heldout, recipe.distill.seed)
-    return f"{len(examples)} examples, {len(unique)} after dedup: {len(train)} to train, {len(heldout)} held out"
+    skipped = f"; malformed rows skipped: {len(examples.skipped)}" if examples.skipped else ""
+    return f"{len(examples)} examples, {len(unique)} after dedup: {len(train)} to train, {len(heldout)} held out{skipped}"

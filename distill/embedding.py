@@ -129,7 +129,7 @@ def distill_embedding(run: RunDir) -> dict:
             student.projection = torch.nn.Linear(student.dim, teacher.dim)
 
     examples = load_examples(recipe.data)
-    n_loaded = len(examples)
+    n_loaded, n_skipped = len(examples), len(examples.skipped)
     if recipe.curriculum.dedup:
         examples = dedup(examples)
     train, heldout = split_heldout(examples, recipe.data.heldout, cfg.seed)
@@ -182,7 +182,13 @@ def distill_embedding(run: RunDir) -> dict:
     after = agreement(TorchEncoder(student, tok).encode(held_texts, cfg.eval_batch_size, cfg.max_seq_len), held_emb)
     return {
         "device": str(device),
-        "examples": {"loaded": n_loaded, "after_dedup": len(examples), "train": len(train), "heldout": len(heldout)},
+        "examples": {
+            "loaded": n_loaded,
+            "malformed_skipped": n_skipped,
+            "after_dedup": len(examples),
+            "train": len(train),
+            "heldout": len(heldout),
+        },
         "train_seconds": round(train_seconds, 2),
         "steps": trainer.state.global_step,
         "loss_log": [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e],

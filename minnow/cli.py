@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import MinnowError
 
@@ -40,15 +41,58 @@ def _guard(fn):
 @app.command()
 @_guard
 def validate(recipe: RecipeArg) -> None:
-    """Check a recipe and print it with every default filled in."""
+    """Check a recipe, its data, and its models when they are local; print it with every default filled in."""
     from distill.data import check_data
+    from distill.preflight import preflight
 
     from .recipe import load_recipe, to_yaml
 
     loaded = load_recipe(recipe)
     summary = check_data(loaded)
+    findings = preflight(loaded)
     typer.echo(to_yaml(loaded), nl=False)
-    err.print(f"[green]ok:[/] {recipe} ({summary})")
+    err.print(f"[green]ok:[/] {escape(str(recipe))} ({escape(summary)})", highlight=False, soft_wrap=True)
+    for finding in findings:
+        level = "[yellow]warning:[/] " if finding.warning else "  "
+        err.print(f"{level}{escape(finding.text)}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@_guard
+def init(
+    data_file: Annotated[Path, typer.Argument(help="Data file: .jsonl .json .csv .parquet .txt.", show_default=False)],
+    output: Annotated[Path, typer.Option(help="Recipe file to write.")] = Path("recipe.yaml"),
+    task: Annotated[str, typer.Option(help="causal-lm (generate text) or embedding (embed text).")] = "causal-lm",
+    teacher: Annotated[Optional[str], typer.Option(help="Teacher: hub id, local folder or package: reference.")] = None,
+    student: Annotated[Optional[str], typer.Option(help="Student: hub id, local folder or package: reference.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite OUTPUT if it exists.")] = False,
+) -> None:
+    """Look at a data file and write a commented starter recipe for it."""
+    from .init import init_recipe
+
+    notes = init_recipe(data_file, output, task, teacher, student, force)
+    for note in notes:
+        err.print(f"  {escape(note)}", highlight=False, soft_wrap=True)
+    err.print(f"[green]wrote[/] {escape(str(output))}; next: minnow validate {escape(str(output))}", highlight=False)
+
+
+@app.command()
+@_guard
+def schema(
+    output: Annotated[Optional[Path], typer.Option(help="Write the schema here instead of printing it.")] = None,
+) -> None:
+    """The recipe's JSON schema, for completion and checks in editors (YAML language server)."""
+    import json
+
+    from . import atomic
+    from .recipe import Recipe
+
+    text = json.dumps(Recipe.model_json_schema(), indent=2, ensure_ascii=False) + "\n"
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        atomic.write_text(output, text)
+        err.print(f"[green]wrote[/] {output}", highlight=False)
 
 
 @app.command()

@@ -14,7 +14,7 @@ from .report import write_markdown
 from .rundir import RunDir
 
 console = Console(stderr=True)
-MEASURE_TEXTS = 512
+MEASURE_TEXTS = 256
 
 
 @contextmanager

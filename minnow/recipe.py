@@ -59,8 +59,10 @@ class Lora(Section):
 
 
 class Data(Section):
-    path: str | None = Field(None, description="Local data file (.jsonl, .json, .csv, .parquet, .txt) or folder.")
-    dataset: str | None = Field(None, description="A `datasets` name (hub or local dataset folder) instead of `path`.")
+    path: str | None = Field(None, description="Local data file: .jsonl, .json, .csv, .parquet or .txt (paragraphs).")
+    dataset: str | None = Field(
+        None, description="A `datasets` hub name, or a local folder (`save_to_disk` or data files), instead of `path`."
+    )
     builtin: Literal["python-docstrings"] | None = Field(
         None, description="A corpus every Python install carries: paragraphs of the standard library's docstrings."
     )
@@ -68,9 +70,18 @@ class Data(Section):
     text_field: str | None = Field(None, description="Field holding plain text (pretraining-style or embedding data).")
     prompt_field: str | None = Field(None, description="Field holding the prompt (instruction data).")
     response_field: str | None = Field(None, description="Field holding the response; only its tokens are trained.")
-    chat_template: bool = Field(True, description="Wrap prompt/response in the tokenizer's chat template if it has one.")
+    prompt_template: str | None = Field(
+        None, description="Wraps each prompt, `{prompt}` marking where it goes: the teacher must see the task to teach it."
+    )
+    messages_field: str | None = Field(
+        None, description="Field holding a chat, a list of {role, content} (OpenAI style); assistant turns are trained."
+    )
+    chat_template: bool = Field(True, description="Render prompt/response or messages with the tokenizer's chat template.")
     heldout: int = Field(64, ge=1, description="Examples held out for evaluation (chosen by stable id, not file order).")
     max_examples: int | None = Field(None, gt=0, description="Use at most this many training examples.")
+    on_bad_line: Literal["stop", "skip"] = Field(
+        "stop", description="A malformed row: `stop` naming its file:line, or `skip` it with a warning naming file:line."
+    )
 
     @model_validator(mode="after")
     def _one_source_and_fields(self) -> Data:
@@ -78,8 +89,10 @@ class Data(Section):
             raise ValueError("give exactly one of `path`, `dataset` or `builtin`")
         if (self.prompt_field is None) != (self.response_field is None):
             raise ValueError("`prompt_field` and `response_field` go together")
-        if self.text_field is not None and self.prompt_field is not None:
-            raise ValueError("give `text_field` or `prompt_field`+`response_field`, not both")
+        if sum(x is not None for x in (self.text_field, self.prompt_field, self.messages_field)) > 1:
+            raise ValueError("give one of `text_field`, `prompt_field`+`response_field` or `messages_field`")
+        if self.prompt_template is not None and (self.prompt_field is None or "{prompt}" not in self.prompt_template):
+            raise ValueError("`prompt_template` goes with `prompt_field` and must contain `{prompt}`")
         return self
 
 
@@ -135,14 +148,14 @@ class Serve(Section):
 class Recipe(Section):
     name: str = Field(description="Run name; the run directory is runs/<name>-<time>/.", pattern=r"^[\w.-]+$")
     task: Literal["causal-lm", "embedding"] = Field(description="What the teacher does: generate text, or embed it.")
-    teacher: Teacher
-    student: Student
+    teacher: Teacher = Field(description="The large model whose behaviour the student learns.")
+    student: Student = Field(description="The small model that is trained and exported.")
     lora: Lora | None = Field(None, description="LoRA settings; null trains every weight of the student.")
-    data: Data
-    distill: Distill = Field(default_factory=Distill)
-    curriculum: Curriculum = Field(default_factory=Curriculum)
-    export: Export = Field(default_factory=Export)
-    serve: Serve = Field(default_factory=Serve)
+    data: Data = Field(description="The examples to distill on, and how to read them.")
+    distill: Distill = Field(default_factory=Distill, description="Training: loss, steps, batch, learning rate, device.")
+    curriculum: Curriculum = Field(default_factory=Curriculum, description="Order and deduplication of training examples.")
+    export: Export = Field(default_factory=Export, description="ONNX export of the student and its parity gate.")
+    serve: Serve = Field(default_factory=Serve, description="The Gradio demo.")
     runs_dir: str = Field("runs", description="Where run directories are created (relative to the working directory).")
 
     @model_validator(mode="after")
@@ -152,8 +165,8 @@ class Recipe(Section):
         if self.task == "embedding":
             if "int4" in self.export.precisions:
                 raise ValueError("export.precisions: int4 is for causal-lm students; embedding students take fp32, int8")
-            if self.data.prompt_field is not None:
-                raise ValueError("data: embedding recipes take `text_field`, not prompt/response fields")
+            if self.data.prompt_field is not None or self.data.messages_field is not None:
+                raise ValueError("data: embedding recipes take `text_field`, not prompt/response or messages fields")
         if self.student.from_teacher is not None and self.task != "embedding":
             raise ValueError("student.from_teacher is available for embedding recipes")
         return self
@@ -184,6 +197,17 @@ def resolve_data_path(ref: str, base: Path) -> Path:
     if not path.exists():
         raise ValueError(f"no such file: {path}")
     return path.resolve()
+
+
+def resolve_dataset(ref: str, base: Path) -> str:
+    """A local dataset folder (relative to the recipe) as an absolute path; anything else is a hub dataset name."""
+    local = Path(ref).expanduser()
+    local = local if local.is_absolute() else base / local
+    if local.exists():
+        return str(local.resolve())
+    if ref.startswith((".", "/", "~")):
+        raise ValueError(f"no such folder: {local}")
+    return ref
 
 
 def _line_index(text: str) -> dict[tuple, int]:
@@ -256,6 +280,8 @@ def _resolve_paths(recipe: Recipe, file: Path, lines: dict[tuple, int]) -> None:
         recipe.student.path = check(("student", "path"), resolve_model_path, recipe.student.path)
     if recipe.data.path is not None:
         recipe.data.path = str(check(("data", "path"), resolve_data_path, recipe.data.path))
+    if recipe.data.dataset is not None:
+        recipe.data.dataset = check(("data", "dataset"), resolve_dataset, recipe.data.dataset)
 
 
 def to_yaml(recipe: Recipe) -> str:

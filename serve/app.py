@@ -2,10 +2,12 @@
 
 Tabs: **Compare** (causal-LM runs: one prompt, every variant's greedy answer streamed with its time to first
 token, tokens/s and size), **Search** (embedding runs: each variant's top-k over the run's corpus, with query
-latency and overlap with the teacher's top-k) and **Quality** (the runs' reports).
+latency and overlap with the teacher's top-k), **Benchmark** (the runs' held-out prompts through every variant:
+latency, throughput, size and quality retained, as a table and plots) and **Report** (each run's report.md).
 
 Serve settings (limits, queue, host, port) come from the first run's recipe. Variants run one after another
-within a request; the page updates as each one streams. Event API names: ``/compare`` and ``/search``.
+within a request; the page updates as each one streams. Event API names: ``/compare``, ``/search`` and
+``/benchmark``.
 """
 
 from __future__ import annotations
@@ -16,18 +18,24 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import gradio as gr
+from matplotlib.figure import Figure
 
 from minnow.recipe import Serve
-from minnow.report import markdown
 from minnow.rundir import RunDir
 
+from .benchmark import MAX_PROMPTS, Row, figure, quality_retained, time_variant
 from .generate import stream_text
+from .report import report_parts
 from .search import search
 from .variants import SearchGroup, Variant, compare_variants, open_runs, search_groups
 
 THREADS = (1, 2, 4)
 # Per variant, the outputs an event fills: text (or hits), then two metrics.
 OUTPUTS_PER_VARIANT = 3
+# Every event runs models on the same CPU cores: one request at a time across all tabs, the others wait in the queue.
+MODELS = "models"
+LATENCY = {"causal-lm": "time to first token", "embedding": "query latency"}
+THROUGHPUT = {"causal-lm": "tokens/s", "embedding": "queries/s"}
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +49,7 @@ def launch(run_dirs: Sequence[Path], port: int | None = None) -> None:
     """Serve the demo until interrupted, on the first run's ``serve.host``/``serve.port`` (or ``port``)."""
     runs = open_runs(run_dirs)
     settings = runs[0].recipe.serve
-    demo = _blocks(runs)
-    demo.queue(max_size=settings.max_queue)
-    demo.launch(server_name=settings.host, server_port=port or settings.port)
+    _blocks(runs).launch(server_name=settings.host, server_port=port or settings.port)
 
 
 def _blocks(runs: list[RunDir]) -> gr.Blocks:
@@ -54,8 +60,8 @@ def _blocks(runs: list[RunDir]) -> gr.Blocks:
         threads = gr.Radio(
             list(THREADS),
             value=min(2, os.cpu_count() or 1),
-            label="CPU threads per model",
-            info="intra-op threads for ONNX Runtime sessions and PyTorch",
+            label="CPU threads — emulate a phone-class budget with 1–2",
+            info="intra-op threads for ONNX Runtime and PyTorch, in every tab",
             elem_id="threads",
         )
         with gr.Tabs():
@@ -63,8 +69,9 @@ def _blocks(runs: list[RunDir]) -> gr.Blocks:
                 _compare_tab(compare, threads, settings)
             if groups:
                 _search_tab(groups, threads, settings)
-            _quality_tab(runs, compare + [v for group in groups for v in group.variants])
-    return demo
+            _benchmark_tab(runs, compare, groups, threads, settings)
+            _report_tab(runs)
+    return demo.queue(max_size=settings.max_queue, default_concurrency_limit=1)
 
 
 def _compare_tab(variants: list[Variant], threads: gr.Radio, settings: Serve) -> None:
@@ -102,6 +109,7 @@ def _compare_tab(variants: list[Variant], threads: gr.Radio, settings: Serve) ->
             outputs=outputs,
             api_name="compare",
             show_progress="minimal",
+            concurrency_id=MODELS,
         )
 
 
@@ -138,6 +146,7 @@ def _search_tab(groups: list[SearchGroup], threads: gr.Radio, settings: Serve) -
             outputs=outputs,
             api_name="search",
             show_progress="minimal",
+            concurrency_id=MODELS,
         )
 
 
@@ -169,17 +178,71 @@ def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
-def _quality_tab(runs: list[RunDir], variants: list[Variant]) -> None:
-    with gr.Tab("Quality", id="quality"):
-        gr.Dataframe(
-            [[v.label, v.runtime, None if v.size_mb is None else round(v.size_mb, 2)] for v in variants],
-            headers=["variant", "runtime", "size on disk (MB)"],
-            interactive=False,
-            elem_id="sizes",
+def _benchmark_tab(
+    runs: list[RunDir], compare: list[Variant], groups: list[SearchGroup], threads: gr.Radio, settings: Serve
+) -> None:
+    tasks = [task for task in LATENCY if any(run.recipe.task == task for run in runs)]
+    latency, throughput = " / ".join(LATENCY[t] for t in tasks), " / ".join(THROUGHPUT[t] for t in tasks)
+    headers = ["variant", "size (MB)", f"mean {latency} (ms)", f"mean {throughput}", "quality retained (% of teacher)"]
+    jobs = [(v, None) for v in compare] + [(v, group.corpus) for group in groups for v in group.variants]
+    with gr.Tab("Benchmark", id="benchmark"):
+        gr.Markdown(
+            f"Each variant, one after another, at the chosen thread count, on up to {MAX_PROMPTS} of its run's "
+            "held-out examples, after one untimed warm-up.\n\n"
+            f"- **causal-lm**: greedy generation of at most {settings.max_new_tokens} tokens per prompt; time to "
+            "first token, and tokens/s including the prompt's processing.\n"
+            "- **embedding**: the held-out texts as search queries over the run's corpus, one at a time.\n"
+            "- **quality retained** comes from the run's report (the teacher is 100): for causal-lm the student's "
+            "top-1 next-token agreement with the teacher on held-out responses, times, for an ONNX variant, its "
+            "greedy token agreement with the PyTorch student; for embedding the top-10 retrieval overlap with "
+            "the teacher."
         )
+        button = gr.Button("Run benchmark", variant="primary", elem_id="benchmark")
+        table = gr.Dataframe(
+            headers=headers,
+            datatype=["str", "number", "number", "number", "number"],
+            interactive=False,
+            elem_id="benchmark-table",
+        )
+        plot = gr.Plot(show_label=False, format="png", elem_id="benchmark-plot")
+
+        def run_benchmark(n_threads: int) -> Iterator[tuple[list[list], Figure | None]]:
+            rows: list[Row] = []
+            yield _rows(rows, jobs), None
+            reports = {run.path: run.report() for run in runs}
+            for variant, corpus in jobs:
+                report = reports[variant.run]
+                try:
+                    timing, label = time_variant(variant, corpus, report, settings, n_threads), variant.label
+                except Exception as e:  # one broken variant must not take the others down
+                    timing, label = None, _failure(variant, e)
+                rows.append(Row(label, variant.size_mb, timing, quality_retained(variant, report)))
+                yield _rows(rows, jobs), figure(rows, headers[2], headers[3])
+
+        button.click(
+            run_benchmark,
+            inputs=[threads],
+            outputs=[table, plot],
+            api_name="benchmark",
+            show_progress="minimal",
+            concurrency_id=MODELS,
+        )
+
+
+def _rows(rows: list[Row], jobs: list[tuple[Variant, Path | None]]) -> list[list]:
+    """The table: the rows measured so far, then the variants still to run, with empty cells."""
+    pending = [Row(variant.label, variant.size_mb) for variant, _ in jobs[len(rows) :]]
+    return [row.cells() for row in rows + pending]
+
+
+def _report_tab(runs: list[RunDir]) -> None:
+    with gr.Tab("Report", id="report"):
         for run in runs:
-            report = run.report()
-            gr.Markdown(markdown(report) if report else f"`{run.path}` has no report.json yet.")
+            for part in report_parts(run):
+                if isinstance(part, Path):
+                    gr.Image(part, show_label=False, interactive=False, buttons=["fullscreen"])
+                else:
+                    gr.Markdown(part)
 
 
 def _checked(text: str | None, limit: int, what: str) -> str:

@@ -49,6 +49,10 @@ class Variant:
     precision: str | None = None
 
     @property
+    def is_teacher(self) -> bool:
+        return isinstance(self.spec, Teacher)
+
+    @property
     def runtime(self) -> Runtime:
         return "onnx" if self.precision else "pytorch"
 

