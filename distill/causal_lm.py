@@ -147,7 +147,7 @@ def distill_causal_lm(run: RunDir) -> dict:
     check_tokenizers(recipe.teacher.path, tok)
 
     examples = load_examples(recipe.data)
-    n_loaded = len(examples)
+    n_loaded, n_skipped = len(examples), len(examples.skipped)
     if recipe.curriculum.dedup:
         examples = dedup(examples)
     train, heldout = split_heldout(examples, recipe.data.heldout, cfg.seed)
@@ -204,7 +204,13 @@ def distill_causal_lm(run: RunDir) -> dict:
     after = evaluate_causal(student, teacher, eval_rows, collate, cfg.eval_batch_size, device)
     return {
         "device": str(device),
-        "examples": {"loaded": n_loaded, "after_dedup": len(examples), "train": len(train_rows), "heldout": len(eval_rows)},
+        "examples": {
+            "loaded": n_loaded,
+            "malformed_skipped": n_skipped,
+            "after_dedup": len(examples),
+            "train": len(train_rows),
+            "heldout": len(eval_rows),
+        },
         "train_seconds": round(train_seconds, 2),
         "steps": trainer.state.global_step,
         "loss_log": [

@@ -214,6 +214,8 @@ def _example(row: dict, spec: Data) -> Example:
         if not isinstance(value, str):
             raise BadRow(f"field {field!r} must be a string, got {type(value).__name__}")
         example[name] = value
+    if not any(value.strip() for value in example.values()):
+        raise BadRow("empty example: every field is blank")
     if spec.prompt_template is not None:
         example["prompt"] = spec.prompt_template.replace("{prompt}", example["prompt"])
     return example
@@ -232,12 +234,9 @@ def _messages(row: dict, field: str) -> list[dict[str, str]]:
         raise BadRow(f"field {field!r} needs a user and an assistant message; its roles are {sorted(roles)}")
     if value[0]["role"] == "assistant":
         raise BadRow(f"field {field!r} starts with an assistant message; a chat starts with a system or user message")
+    if not any(m["content"].strip() for m in value if m["role"] == "assistant"):
+        raise BadRow(f"field {field!r} has no assistant message with content to learn")
     return [{"role": m["role"], "content": m["content"]} for m in value]
-
-
-def _is_empty(example: Example) -> bool:
-    texts = [m["content"] for m in example["messages"]] if "messages" in example else list(example.values())
-    return not any(t.strip() for t in texts)
 
 
 def load_examples(spec: Data) -> Examples:
@@ -251,8 +250,7 @@ def load_examples(spec: Data) -> Examples:
         except BadRow as e:
             bad(where, str(e))
             continue
-        if not _is_empty(example):
-            examples.append(example | {"id": stable_id(example)})
+        examples.append(example | {"id": stable_id(example)})
     if bad.skipped:
         console.print(
             f"[yellow]warning:[/] malformed rows of {escape(source)} skipped: {len(bad.skipped)} (data.on_bad_line: skip)",
@@ -262,7 +260,7 @@ def load_examples(spec: Data) -> Examples:
     if not rows and not bad.skipped:
         raise MinnowError(f"{source}: no examples in the data")
     if not examples:
-        raise MinnowError(f"{source}: no usable examples ({len(bad.skipped)} malformed rows skipped, the rest empty)")
+        raise MinnowError(f"{source}: every row is malformed ({len(bad.skipped)} skipped)")
     return Examples(examples, bad.skipped)
 
 

