@@ -186,16 +186,18 @@ def _benchmark_tab(
     headers = ["variant", "size (MB)", f"mean {latency} (ms)", f"mean {throughput}", "quality retained (% of teacher)"]
     jobs = [(v, None) for v in compare] + [(v, group.corpus) for group in groups for v in group.variants]
     with gr.Tab("Benchmark", id="benchmark"):
+        notes = {
+            "causal-lm": f"greedy generation of at most {settings.max_new_tokens} tokens per prompt: time to first "
+            "token, and tokens/s including the prompt's processing. *Quality retained*: the student's top-1 "
+            "next-token agreement with the teacher on held-out responses, times, for an ONNX variant, its greedy "
+            "token agreement with the PyTorch student (both from the run's report).",
+            "embedding": "the held-out texts as search queries over the run's corpus, one at a time. *Quality "
+            "retained*: top-10 retrieval overlap with the teacher on held-out texts (from the run's report).",
+        }
         gr.Markdown(
-            f"Each variant, one after another, at the chosen thread count, on up to {MAX_PROMPTS} of its run's "
-            "held-out examples, after one untimed warm-up.\n\n"
-            f"- **causal-lm**: greedy generation of at most {settings.max_new_tokens} tokens per prompt; time to "
-            "first token, and tokens/s including the prompt's processing.\n"
-            "- **embedding**: the held-out texts as search queries over the run's corpus, one at a time.\n"
-            "- **quality retained** comes from the run's report (the teacher is 100): for causal-lm the student's "
-            "top-1 next-token agreement with the teacher on held-out responses, times, for an ONNX variant, its "
-            "greedy token agreement with the PyTorch student; for embedding the top-10 retrieval overlap with "
-            "the teacher."
+            f"Each variant in turn, at the chosen thread count, on up to {MAX_PROMPTS} of its run's held-out "
+            "examples after one untimed warm-up. Quality is a percentage of the teacher's (the teacher is 100).\n\n"
+            + "\n".join(f"- **{task}**: {notes[task]}" for task in tasks)
         )
         button = gr.Button("Run benchmark", variant="primary", elem_id="benchmark")
         table = gr.Dataframe(

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 from math import nan, prod
+from pathlib import Path
 from statistics import mean
 from typing import Any
 
@@ -52,7 +52,7 @@ class Row:
 
 
 def causal_prompts(report: dict[str, Any]) -> list[str]:
-    """The run's held-out prompts (as rendered for the export's parity check), at most MAX_PROMPTS."""
+    """The run's held-out prompts, as a user would type them (the export's parity prompts), at most MAX_PROMPTS."""
     prompts = report.get("distill", {}).get("parity_prompts", [])
     if not prompts:
         raise MinnowError("report.json has no held-out prompts (distill.parity_prompts); finish the distill stage")
@@ -130,8 +130,9 @@ def figure(rows: list[Row], latency_label: str, throughput_label: str) -> Figure
     size_ax, speed_ax, quality_ax = fig.subplots(1, 3)
     for row, color in zip(done, colors):
         if row.size_mb is not None:
-            size_ax.scatter(row.size_mb, row.timing.latency_ms, color=color)
-            size_ax.annotate(row.variant, (row.size_mb, row.timing.latency_ms), xytext=(4, 4), textcoords="offset points", fontsize=8)
+            point = (row.size_mb, row.timing.latency_ms)
+            size_ax.scatter(*point, color=color)
+            size_ax.annotate(row.variant, point, xytext=(4, 4), textcoords="offset points", fontsize=8)
     size_ax.margins(0.15)
     size_ax.set(xlabel="size on disk (MB)", ylabel=latency_label, title="latency vs size")
     speed_ax.barh(names, [row.timing.throughput for row in done], color=colors)

