@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import jinja2
 import torch
@@ -15,7 +14,7 @@ from minnow.errors import MinnowError
 from minnow.recipe import Recipe, Student, Teacher
 from minnow.rundir import RunDir
 
-from .data import Example, dedup, load_examples, split_heldout
+from .data import Example, split_examples
 from .evaluate import evaluate_causal, teacher_nll
 from .losses import IGNORE_INDEX
 from .quality import cached_scores, training_order
@@ -146,12 +145,7 @@ def distill_causal_lm(run: RunDir) -> dict:
         tok.pad_token = tok.eos_token
     check_tokenizers(recipe.teacher.path, tok)
 
-    examples = load_examples(recipe.data)
-    n_loaded, n_skipped = len(examples), len(examples.skipped)
-    if recipe.curriculum.dedup:
-        examples = dedup(examples)
-    train, heldout = split_heldout(examples, recipe.data.heldout, cfg.seed)
-    train = train[: recipe.data.max_examples] if recipe.data.max_examples else train
+    train, heldout, counts = split_examples(recipe)
     encode = lambda ex: tokenize(ex, tok, recipe.data.chat_template, cfg.max_seq_len)  # noqa: E731
     train_rows = [r for r in map(encode, train) if any(x != IGNORE_INDEX for x in r["labels"][1:])]
     eval_rows = [r for r in map(encode, heldout) if any(x != IGNORE_INDEX for x in r["labels"][1:])]
@@ -204,13 +198,7 @@ def distill_causal_lm(run: RunDir) -> dict:
     after = evaluate_causal(student, teacher, eval_rows, collate, cfg.eval_batch_size, device)
     return {
         "device": str(device),
-        "examples": {
-            "loaded": n_loaded,
-            "malformed_skipped": n_skipped,
-            "after_dedup": len(examples),
-            "train": len(train_rows),
-            "heldout": len(eval_rows),
-        },
+        "examples": counts | {"train": len(train_rows), "heldout": len(eval_rows)},
         "train_seconds": round(train_seconds, 2),
         "steps": trainer.state.global_step,
         "loss_log": [

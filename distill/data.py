@@ -281,12 +281,21 @@ def split_heldout(examples: list[Example], heldout: int, seed: int) -> tuple[lis
     return [ex for ex in examples if ex["id"] not in held], [ex for ex in examples if ex["id"] in held]
 
 
+def split_examples(recipe: Recipe) -> tuple[list[Example], list[Example], dict[str, int]]:
+    """Train and held-out examples as a run sees them (loaded, deduplicated, split, capped), and their counts."""
+    examples = load_examples(recipe.data)
+    counts = {"loaded": len(examples), "malformed_skipped": len(examples.skipped)}
+    if recipe.curriculum.dedup:
+        examples = dedup(examples)
+    train, heldout = split_heldout(examples, recipe.data.heldout, recipe.distill.seed)
+    train = train[: recipe.data.max_examples] if recipe.data.max_examples else train
+    return train, heldout, counts | {"after_dedup": len(examples), "train": len(train), "heldout": len(heldout)}
+
+
 def check_data(recipe: Recipe) -> str:
     """Load the recipe's data the way a run will, so problems surface before any compute; a one-line summary."""
     if recipe.data.dataset is not None and not Path(recipe.data.dataset).exists():
         return f"dataset {recipe.data.dataset!r} is fetched from the hub when the run starts"
-    examples = load_examples(recipe.data)
-    unique = dedup(examples) if recipe.curriculum.dedup else examples
-    train, heldout = split_heldout(unique, recipe.data.heldout, recipe.distill.seed)
-    skipped = f"; malformed rows skipped: {len(examples.skipped)}" if examples.skipped else ""
-    return f"{len(examples)} examples, {len(unique)} after dedup: {len(train)} to train, {len(heldout)} held out{skipped}"
+    _, _, n = split_examples(recipe)
+    skipped = f"; malformed rows skipped: {n['malformed_skipped']}" if n["malformed_skipped"] else ""
+    return f"{n['loaded']} examples, {n['after_dedup']} after dedup: {n['train']} to train, {n['heldout']} held out{skipped}"

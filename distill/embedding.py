@@ -25,7 +25,7 @@ from minnow.errors import MinnowError
 from minnow.recipe import Recipe
 from minnow.rundir import RunDir
 
-from .data import dedup, load_examples, split_heldout
+from .data import split_examples
 from .metrics import agreement
 from .quality import training_order
 from .trainer import EmbeddingDistillTrainer
@@ -128,12 +128,7 @@ def distill_embedding(run: RunDir) -> dict:
         if student.dim != teacher.dim:
             student.projection = torch.nn.Linear(student.dim, teacher.dim)
 
-    examples = load_examples(recipe.data)
-    n_loaded, n_skipped = len(examples), len(examples.skipped)
-    if recipe.curriculum.dedup:
-        examples = dedup(examples)
-    train, heldout = split_heldout(examples, recipe.data.heldout, cfg.seed)
-    train = train[: recipe.data.max_examples] if recipe.data.max_examples else train
+    train, heldout, counts = split_examples(recipe)
     _write_jsonl(run.path / HELDOUT_FILE, heldout)
     _write_jsonl(run.path / CORPUS_FILE, heldout + train[: max(0, DEMO_CORPUS - len(heldout))])
 
@@ -182,13 +177,7 @@ def distill_embedding(run: RunDir) -> dict:
     after = agreement(TorchEncoder(student, tok).encode(held_texts, cfg.eval_batch_size, cfg.max_seq_len), held_emb)
     return {
         "device": str(device),
-        "examples": {
-            "loaded": n_loaded,
-            "malformed_skipped": n_skipped,
-            "after_dedup": len(examples),
-            "train": len(train),
-            "heldout": len(heldout),
-        },
+        "examples": counts,
         "train_seconds": round(train_seconds, 2),
         "steps": trainer.state.global_step,
         "loss_log": [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e],

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from pydantic import BaseModel
 
 from distill.data import dedup, load_examples, read_rows
 
+from . import atomic
 from .errors import MinnowError
 from .recipe import Data, Recipe, load_recipe, resolve_model_path
 
@@ -116,7 +116,7 @@ def init_recipe(
         header.append("Teacher and student are suggestions: any pair sharing one tokenizer works (logit distillation).")
     if "prompt_field" in shape.fields:
         header.append("If the prompts do not state the task, add data.prompt_template so that the teacher sees it.")
-    _write_checked(output, render(recipe, header))
+    atomic.write_text(output, render(recipe, header), check=load_recipe)  # written only if it validates
     return shape.notes
 
 
@@ -236,17 +236,3 @@ def _section(annotation: Any) -> type[BaseModel]:
 def _scalar(value: Any) -> str:
     """One value in YAML flow style: `true`, `null`, `[fp32, int4]`, a quoted string where YAML needs one."""
     return yaml.safe_dump(value, default_flow_style=True, width=1 << 16).strip().removesuffix("...").strip()
-
-
-def _write_checked(output: Path, text: str) -> None:
-    """Write the recipe only once it loads as `minnow validate` would load it (relative paths included)."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".yaml")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        load_recipe(tmp)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -196,7 +196,7 @@ def test_validate_checks_local_tokenizers_and_memory(tmp_path):
     from distill.preflight import preflight, training_memory
 
     texts = [r["prompt"] for r in support_tickets(40)]
-    teacher = _model_folder(tmp_path / "teacher", texts, hidden=32, layers=4)
+    _model_folder(tmp_path / "teacher", texts, hidden=32, layers=4)
     student = _model_folder(tmp_path / "student", texts, hidden=16, layers=2)
     data = _jsonl(tmp_path / "d.jsonl", [json.dumps(r) for r in support_tickets(20)])
     recipe = {
