@@ -14,7 +14,6 @@ from .report import write_markdown
 from .rundir import RunDir
 
 console = Console(stderr=True)
-MEASURE_TEXTS = 256
 
 
 @contextmanager
@@ -69,7 +68,7 @@ def measure(run: RunDir) -> None:
 
     console.rule("[bold]measure[/] teacher, student and each ONNX precision")
     texts = [json.loads(line)["text"] for line in (run.path / HELDOUT_FILE).read_text().splitlines()]
-    run.update_report("variants", measure_embedding(run, texts[:MEASURE_TEXTS]))
+    run.update_report("variants", measure_embedding(run, texts))
 
 
 def report(run: RunDir) -> None:

@@ -49,7 +49,8 @@ def _variants(v: dict) -> list[str]:
     lines = [
         "## Variants side by side",
         "",
-        f"{v['texts']} held-out texts, batch {v['batch_size']}, {v['threads']} threads; quality against the teacher.",
+        f"Quality against the teacher on {v['texts']} held-out texts; sentences/s on the first {v['timed_texts']} of them, "
+        f"batch {v['batch_size']}, {v['threads']} threads, every variant in one process.",
         "",
     ]
     keys = ["sentences_per_s", "speedup_vs_teacher", "mean_cosine", "spearman_pairwise", "top10_overlap"]
