@@ -209,7 +209,7 @@ def embedding_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (run / HELDOUT_FILE).write_text("".join(json.dumps({"text": t}) + "\n" for t in HELDOUT))
     overlaps = {"teacher (PyTorch)": 1.0, "student (PyTorch)": 0.6, "student ONNX fp32": 0.5}
     variants = {name: {"size_bytes": 1, "top10_overlap": overlap} for name, overlap in overlaps.items()}
-    measured = {"threads": 1, "batch_size": 2, "texts": 2, "variants": variants}
+    measured = {"threads": 1, "batch_size": 2, "texts": 2, "timed_texts": 2, "variants": variants}
     (run / "report.json").write_text(json.dumps({"name": "emb", "task": "embedding", "variants": measured}))
     model = AutoModel.from_pretrained(MINILM_DIR)
     model.encoder.layer = torch.nn.ModuleList(model.encoder.layer[:2])
