@@ -26,10 +26,11 @@ from minnow.rundir import RunDir
 from .benchmark import MAX_PROMPTS, Row, figure, quality_retained, time_variant
 from .generate import stream_text
 from .report import report_parts
-from .search import search
+from .search import search, warm_indexes
 from .variants import SearchGroup, Variant, compare_variants, open_runs, search_groups
 
 THREADS = (1, 2, 4)
+DEFAULT_THREADS = min(2, os.cpu_count() or 1)
 # Per variant, the outputs an event fills: text (or hits), then two metrics.
 OUTPUTS_PER_VARIANT = 3
 # Every event runs models on the same CPU cores: one request at a time across all tabs, the others wait in the queue.
@@ -49,6 +50,7 @@ def launch(run_dirs: Sequence[Path], port: int | None = None) -> None:
     """Serve the demo until interrupted, on the first run's ``serve.host``/``serve.port`` (or ``port``)."""
     runs = open_runs(run_dirs)
     settings = runs[0].recipe.serve
+    warm_indexes(search_groups(runs), DEFAULT_THREADS)
     _blocks(runs).launch(server_name=settings.host, server_port=port or settings.port)
 
 
@@ -59,7 +61,7 @@ def _blocks(runs: list[RunDir]) -> gr.Blocks:
         gr.Markdown("# Minnow\n" + "\n".join(f"- `{run.path}` ({run.recipe.task})" for run in runs))
         threads = gr.Radio(
             list(THREADS),
-            value=min(2, os.cpu_count() or 1),
+            value=DEFAULT_THREADS,
             label="CPU threads — emulate a phone-class budget with 1–2",
             info="intra-op threads for ONNX Runtime and PyTorch, in every tab",
             elem_id="threads",

@@ -21,7 +21,7 @@ from distill.embedding import local_model_dir
 from export.embedding import OnnxEncoder, TorchEncoder
 from minnow.errors import MinnowError
 
-from .variants import Variant, cached, corpus_digest
+from .variants import SearchGroup, Variant, cached, corpus_digest
 
 CACHE_DIR = "serve_cache"
 MAX_LENGTH = 128
@@ -89,6 +89,21 @@ def corpus_index(
         return index
 
     return cached(("index", str(file)), load_or_embed)
+
+
+def warm_indexes(groups: list[SearchGroup], threads: int) -> None:
+    """Index every group's corpus with every variant now (saved under serve_cache/), so the first query is fast.
+
+    A variant that cannot load is left for its first query to report in the page.
+    """
+    for group in groups:
+        rows = load_corpus(group.corpus)
+        for variant in group.variants:
+            print(f"indexing {len(rows)} corpus texts with {variant.label}", flush=True)
+            try:
+                corpus_index(variant, encoder(variant, threads), rows, group.corpus)
+            except Exception as e:  # noqa: BLE001 — any broken artefact; the page shows it on use
+                print(f"  {variant.label} could not index: {e}", flush=True)
 
 
 def _fingerprint(variant: Variant, corpus_file: Path) -> str:

@@ -26,6 +26,7 @@ from minnow.recipe import Recipe, to_yaml
 from minnow.rundir import RESOLVED, RunDir
 from serve.app import MODELS, build_app
 from serve.report import report_parts
+from serve.search import warm_indexes
 from serve.variants import compare_variants, open_runs, search_groups
 
 PROMPT = "My router is very slow. What should I do?"
@@ -248,3 +249,13 @@ def test_benchmark_searches_with_the_heldout_texts(embedding_run: Path):
     for label, (size_mb, latency_ms, queries_per_s, _) in rows.items():
         assert size_mb > 0 and latency_ms > 0 and queries_per_s > 0, label
     assert [quality for *_, quality in rows.values()] == [100, 60, 50]
+
+
+def test_launch_indexes_the_corpus_before_the_first_query(embedding_run: Path, tmp_path: Path, capsys):
+    run = shutil.copytree(embedding_run, tmp_path / "run", ignore=shutil.ignore_patterns("serve_cache"))
+    (run / "onnx" / "fp32" / "model.onnx").unlink()
+    (group,) = search_groups(open_runs([run]))
+    warm_indexes([group], threads=1)
+    saved = list((run / "serve_cache").glob("*.npy"))
+    assert len(saved) == 2, saved  # teacher and PyTorch student; the broken ONNX variant is reported, not fatal
+    assert "emb · student · onnx fp32 could not index" in capsys.readouterr().out
