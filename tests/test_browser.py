@@ -81,55 +81,59 @@ def demo_url(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         server.wait(timeout=30)
 
 
-def test_prompt_streams_an_answer_and_timings_for_every_variant(chromium: str, demo_url: str, tiny_run: Path):
-    from playwright.sync_api import expect, sync_playwright
+@pytest.fixture
+def page(chromium: str, demo_url: str):
+    """A headless Chromium page opened on the demo."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(demo_url)
+            yield page
+        finally:
+            browser.close()
+
+
+def screenshot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+def test_prompt_streams_an_answer_and_timings_for_every_variant(page, tiny_run: Path):
+    from playwright.sync_api import expect
 
     slugs = [v.slug for v in compare_variants(open_runs([tiny_run]))]
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.goto(demo_url)
-            expect(page.locator(".variant-output")).to_have_count(len(slugs))
-            page.locator("#prompt textarea").fill(PROMPT)
-            page.locator("#generate").click()
-            # Variants run in order: once the last one has a tokens/s, the others are done; then wait for it to end.
-            expect(page.locator(f"#tps-{slugs[-1]} input")).not_to_have_value("", timeout=ANSWER_MS)
-            expect(page.locator(f"#out-{slugs[-1]} [data-testid='status-tracker']")).to_have_class(re.compile(r"\bhide\b"))
-            for slug in slugs:
-                expect(page.locator(f"#out-{slug} textarea")).not_to_have_value("")
-                assert not page.locator(f"#out-{slug} textarea").input_value().startswith("⚠"), slug
-                for metric in ("ttft", "tps", "size"):
-                    assert float(page.locator(f"#{metric}-{slug} input").input_value()) >= 0, (slug, metric)
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "demo.png"), full_page=True)
-        finally:
-            browser.close()
+    expect(page.locator(".variant-output")).to_have_count(len(slugs))
+    page.locator("#prompt textarea").fill(PROMPT)
+    page.locator("#generate").click()
+    # Variants run in order: once the last one has a tokens/s, the others are done; then wait for it to end.
+    expect(page.locator(f"#tps-{slugs[-1]} input")).not_to_have_value("", timeout=ANSWER_MS)
+    expect(page.locator(f"#out-{slugs[-1]} [data-testid='status-tracker']")).to_have_class(re.compile(r"\bhide\b"))
+    for slug in slugs:
+        expect(page.locator(f"#out-{slug} textarea")).not_to_have_value("")
+        assert not page.locator(f"#out-{slug} textarea").input_value().startswith("⚠"), slug
+        for metric in ("ttft", "tps", "size"):
+            assert float(page.locator(f"#{metric}-{slug} input").input_value()) >= 0, (slug, metric)
+    screenshot(page, "demo.png")
 
 
-def test_benchmark_fills_a_row_per_variant_and_plots(chromium: str, demo_url: str, tiny_run: Path):
-    from playwright.sync_api import expect, sync_playwright
+def test_benchmark_fills_a_row_per_variant_and_plots(page, tiny_run: Path):
+    from playwright.sync_api import expect
 
     labels = [v.label for v in compare_variants(open_runs([tiny_run]))]
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.goto(demo_url)
-            page.locator("#threads").get_by_label("1", exact=True).check()
-            page.get_by_role("tab", name="Benchmark").click()
-            page.locator("#benchmark").click()
-            table = page.locator("#benchmark-table")
-            # Rows are measured in order: once the last one has a throughput, the table is complete.
-            expect(table.get_by_test_id(f"cell-{len(labels) - 1}-3")).to_have_text(re.compile(r"\d"), timeout=ANSWER_MS)
-            expect(table.get_by_test_id("status-tracker")).to_have_class(re.compile(r"\bhide\b"))
-            expect(page.locator("#benchmark-plot img")).to_be_visible()
-            for row, label in enumerate(labels):
-                cells = [table.get_by_test_id(f"cell-{row}-{col}").inner_text() for col in range(5)]
-                assert cells[0] == label
-                size_mb, latency_ms, throughput, quality = map(float, cells[1:])
-                assert size_mb > 0 and latency_ms > 0 and throughput > 0 and 0 <= quality <= 100, cells
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "benchmark.png"), full_page=True)
-        finally:
-            browser.close()
+    page.locator("#threads").get_by_label("1", exact=True).check()
+    page.get_by_role("tab", name="Benchmark").click()
+    page.locator("#benchmark").click()
+    table = page.locator("#benchmark-table")
+    # Rows are measured in order: once the last one has a throughput, the table is complete.
+    expect(table.get_by_test_id(f"cell-{len(labels) - 1}-3")).to_have_text(re.compile(r"\d"), timeout=ANSWER_MS)
+    expect(table.get_by_test_id("status-tracker")).to_have_class(re.compile(r"\bhide\b"))
+    expect(page.locator("#benchmark-plot img")).to_be_visible()
+    for row, label in enumerate(labels):
+        cells = [table.get_by_test_id(f"cell-{row}-{col}").inner_text() for col in range(5)]
+        assert cells[0] == label
+        size_mb, latency_ms, throughput, quality = map(float, cells[1:])
+        assert size_mb > 0 and latency_ms > 0 and throughput > 0 and 0 <= quality <= 100, cells
+    screenshot(page, "benchmark.png")
