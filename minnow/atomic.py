@@ -13,11 +13,16 @@ from typing import Any, Callable, Iterator
 
 def write_text(path: Path, text: str, check: Callable[[str], Any] | None = None) -> None:
     """``check``, when given, reads the written temporary file first; if it raises, ``path`` is left as it was."""
+    write_bytes(path, text.encode("utf-8"), check)
+
+
+def write_bytes(path: Path, data: bytes, check: Callable[[str], Any] | None = None) -> None:
+    """Like :func:`write_text`, for bytes (images)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         if check is not None:
             check(tmp)
         os.replace(tmp, path)

@@ -8,8 +8,8 @@ from typing import Iterator
 
 from rich.console import Console
 
+from .cost import cost_section, energy_meter
 from .errors import MinnowError
-
 from .report import write_markdown
 from .rundir import RunDir
 
@@ -33,9 +33,16 @@ def distill(run: RunDir) -> None:
     else:
         from distill.embedding import distill_embedding as flow
     console.rule(f"[bold]distill[/] {run.recipe.teacher.path} → student")
-    section = flow(run)
+    with energy_meter(run.recipe.cost).task() as energy:
+        section = flow(run)
     if section:
         run.update_report("distill", section)
+        record_energy(run, "distill", energy)
+
+
+def record_energy(run: RunDir, stage: str, energy: dict) -> None:
+    """The stage's energy in report.json (the last attempt's, when a stage was resumed)."""
+    run.update_report("energy", run.report().get("energy", {}) | {stage: energy})
 
 
 def export(run: RunDir) -> None:
@@ -44,34 +51,42 @@ def export(run: RunDir) -> None:
     prompts = recipe.export.parity_prompts or report.get("distill", {}).get("parity_prompts", [])
     prompts = prompts[: recipe.export.parity_examples] if not recipe.export.parity_prompts else prompts
     console.rule(f"[bold]export[/] {', '.join(recipe.export.precisions)}")
-    if recipe.task == "causal-lm":
-        from export.causal_lm import export_causal_lm
+    with energy_meter(recipe.cost).task() as energy:
+        if recipe.task == "causal-lm":
+            from export.causal_lm import export_causal_lm
 
-        section = export_causal_lm(
-            run.student, run.onnx, recipe.export.precisions, prompts, recipe.export.parity_max_new_tokens
-        )
-    else:
-        from export.embedding import export_embedding
+            section = export_causal_lm(
+                run.student, run.onnx, recipe.export.precisions, prompts, recipe.export.parity_max_new_tokens
+            )
+        else:
+            from export.embedding import export_embedding
 
-        section = export_embedding(run.student, run.onnx, recipe.export.precisions, prompts)
+            section = export_embedding(run.student, run.onnx, recipe.export.precisions, prompts)
     run.update_report("export", section)
-    if recipe.task == "embedding":
-        measure(run)
+    record_energy(run, "export", energy)
+    measure(run)
 
 
 def measure(run: RunDir) -> None:
-    """Every variant on the same held-out texts, batch and threads: quality kept and sentences/s."""
+    """Every variant on the same held-out inputs and threads: speed, energy per request and (embedding) quality."""
     import json
 
     from distill.embedding import HELDOUT_FILE
-    from export.measure import measure_embedding
+    from export.measure import measure_causal, measure_embedding
 
     console.rule("[bold]measure[/] teacher, student and each ONNX precision")
+    meter = energy_meter(run.recipe.cost)
+    if run.recipe.task == "causal-lm":
+        run.update_report("variants", measure_causal(run, meter))
+        return
     texts = [json.loads(line)["text"] for line in (run.path / HELDOUT_FILE).read_text().splitlines()]
-    run.update_report("variants", measure_embedding(run, texts))
+    run.update_report("variants", measure_embedding(run, texts, meter))
 
 
 def report(run: RunDir) -> None:
+    costs = cost_section(run.report(), run.recipe.cost)
+    if costs:
+        run.update_report("cost", costs)
     write_markdown(run)
     console.print(f"report: {run.path / 'report.md'}")
 
@@ -82,5 +97,4 @@ def is_distilled(run: RunDir) -> bool:
 
 def is_exported(run: RunDir) -> bool:
     report = run.report()
-    measured = run.recipe.task != "embedding" or "variants" in report
-    return "export" in report and measured and all((run.onnx / p).is_dir() for p in run.recipe.export.precisions)
+    return "export" in report and "variants" in report and all((run.onnx / p).is_dir() for p in run.recipe.export.precisions)

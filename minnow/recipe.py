@@ -145,6 +145,26 @@ class Serve(Section):
     top_k: int = Field(5, gt=0, le=50, description="Search results shown per variant (embedding runs).")
 
 
+class Cost(Section):
+    price_per_kwh: float = Field(
+        0.15, ge=0, description="Electricity price per kWh, used when `price_per_hour` is not given (default: a typical 2024 rate)."
+    )
+    price_per_hour: float | None = Field(
+        None, ge=0, description="Price per hour of the machine (cloud or amortised); when given, money = hours × this."
+    )
+    currency: str = Field("USD", description="Label for money figures.")
+    carbon_g_per_kwh: float = Field(
+        475, ge=0, description="Grid carbon intensity in gCO2e per kWh (default: IEA world average, as codecarbon uses)."
+    )
+    cpu_watts: float | None = Field(
+        None, gt=0, description="Your CPU's power in W, instead of codecarbon's estimate where no power counter is readable."
+    )
+    ram_watts: float | None = Field(None, gt=0, description="Your RAM's power in W, instead of codecarbon's estimate.")
+    requests_per_day: int | None = Field(
+        None, gt=0, description="Expected traffic; turns the break-even point into days."
+    )
+
+
 class Recipe(Section):
     name: str = Field(description="Run name; the run directory is runs/<name>-<time>/.", pattern=r"^[\w.-]+$")
     task: Literal["causal-lm", "embedding"] = Field(description="What the teacher does: generate text, or embed it.")
@@ -156,6 +176,7 @@ class Recipe(Section):
     curriculum: Curriculum = Field(default_factory=Curriculum, description="Order and deduplication of training examples.")
     export: Export = Field(default_factory=Export, description="ONNX export of the student and its parity gate.")
     serve: Serve = Field(default_factory=Serve, description="The Gradio demo.")
+    cost: Cost = Field(default_factory=Cost, description="Prices and grid carbon intensity behind the report's cost figures.")
     runs_dir: str = Field("runs", description="Where run directories are created (relative to the working directory).")
 
     @model_validator(mode="after")

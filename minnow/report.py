@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 from . import atomic
+from .cost import cost_figure
 from .rundir import RunDir
+
+COST_CHART = "cost.png"
 
 
 def _fmt(value: Any) -> str:
@@ -45,10 +49,18 @@ def _embedding_quality(d: dict) -> list[str]:
     return lines + _table(["model", "mean cosine to teacher", "Spearman of pairwise similarities", "top-10 retrieval overlap"], rows)
 
 
-def _variants(v: dict) -> list[str]:
-    lines = [
-        "## Variants side by side",
-        "",
+def _variants(v: dict, task: str) -> list[str]:
+    lines = ["## Variants side by side", ""]
+    if task == "causal-lm":
+        lines += [
+            f"Greedy generation of at most {v['max_new_tokens']} tokens for each of {v['prompts']} held-out prompts, "
+            f"{v['threads']} threads, every variant in one process.",
+            "",
+        ]
+        keys = ["tokens_per_s", "speedup_vs_teacher", "ttft_ms"]
+        rows = [[name, _mb(r["size_bytes"]), *(r.get(k) for k in keys)] for name, r in v["variants"].items()]
+        return lines + _table(["variant", "size", "tokens/s", "× teacher", "time to first token (ms)"], rows)
+    lines += [
         f"Quality against the teacher on {v['texts']} held-out texts; sentences/s on the first {v['timed_texts']} of them, "
         f"batch {v['batch_size']}, {v['threads']} threads, every variant in one process.",
         "",
@@ -56,6 +68,43 @@ def _variants(v: dict) -> list[str]:
     keys = ["sentences_per_s", "speedup_vs_teacher", "mean_cosine", "spearman_pairwise", "top10_overlap"]
     rows = [[name, _mb(r["size_bytes"]), *(r.get(k) for k in keys)] for name, r in v["variants"].items()]
     return lines + _table(["variant", "size", "sentences/s", "× teacher", "mean cosine", "Spearman", "top-10 overlap"], rows)
+
+
+def _cost(c: dict) -> list[str]:
+    a, currency = c["assumptions"], c["assumptions"]["currency"]
+    basis = f"{a['price_per_hour']} {currency}/h" if a["price_per_hour"] is not None else f"{a['price_per_kwh']} {currency}/kWh"
+    lines = [
+        "## Cost",
+        "",
+        f"Money at {basis}, carbon at {a['carbon_g_per_kwh']} gCO2e/kWh (recipe `cost:`). A request is one held-out "
+        "input answered as in *Variants side by side*.",
+        "",
+    ]
+    if c["serving"]:
+        rows = []
+        for name, s in c["serving"].items():
+            k = s["per_1k_requests"]
+            tokens = s.get("per_1m_tokens")
+            rows.append([
+                name, k["wh"], k["money"], k["gco2e"], tokens["wh"] if tokens else None,
+                s.get("break_even_requests", {}).get("money"), "measured" if k["measured"] else "estimated",
+            ])
+        header = ["variant", "Wh / 1k requests", f"{currency} / 1k requests", "gCO2e / 1k requests", "Wh / 1M tokens",
+                  "break-even (requests)", "energy"]
+        lines += _table(header, rows)
+        lines += [f"![cost per 1k requests]({COST_CHART})", ""]
+    if c["training_total"]:
+        rows = [[stage, t["seconds"], t["wh"], t["money"], t["gco2e"], t["source"]] for stage, t in c["training"].items()]
+        t = c["training_total"]
+        rows.append(["total", t["seconds"], t["wh"], t["money"], t["gco2e"], "measured" if t["measured"] else "estimated"])
+        lines += ["Distilling the student, once:", ""]
+        lines += _table(["stage", "seconds", "Wh", currency, "gCO2e", "energy"], rows)
+    lines += [
+        "*Break-even*: requests the student must serve instead of the teacher before the distillation's cost is paid "
+        "back (— where the student is not cheaper per request).",
+        "",
+    ]
+    return lines
 
 
 def markdown(report: dict) -> str:
@@ -83,7 +132,9 @@ def markdown(report: dict) -> str:
         rows = [[prec, v["path"], _mb(v["size_bytes"]), _parity(v["parity"])] for prec, v in e.items()]
         lines += _table(["precision", "folder", "size", "parity with PyTorch"], rows)
     if report.get("variants"):
-        lines += _variants(report["variants"])
+        lines += _variants(report["variants"], report.get("task"))
+    if report.get("cost"):
+        lines += _cost(report["cost"])
     return "\n".join(lines)
 
 
@@ -92,4 +143,10 @@ def _parity(p: dict) -> str:
 
 
 def write_markdown(run: RunDir) -> None:
-    atomic.write_text(run.path / "report.md", markdown(run.report()))
+    """report.md, and the images it shows."""
+    report = run.report()
+    if report.get("cost", {}).get("serving"):
+        png = io.BytesIO()
+        cost_figure(report["cost"]).savefig(png, format="png", dpi=100)
+        atomic.write_bytes(run.path / COST_CHART, png.getvalue())
+    atomic.write_text(run.path / "report.md", markdown(report))

@@ -21,9 +21,10 @@ ONNX_FILES = ("model.onnx", "genai_config.json")
 
 @dataclass(frozen=True)
 class Partial:
-    """The text generated so far and its timings."""
+    """The text generated so far, its length in tokens and its timings."""
 
     text: str
+    tokens: int
     ttft_ms: float
     tokens_per_s: float
 
@@ -47,7 +48,7 @@ def stream_text(variant: Variant, prompt: str, max_new_tokens: int, threads: int
         first = first or now
         generated.append(token)
         text = tokenizer.decode(generated, skip_special_tokens=True)
-        yield Partial(text, (first - start) * 1000, len(generated) / (now - start))
+        yield Partial(text, len(generated), (first - start) * 1000, len(generated) / (now - start))
 
 
 def _tokenizer(variant: Variant) -> PreTrainedTokenizerBase:

@@ -41,6 +41,7 @@ def tiny_recipe(pair: dict[str, Path], runs: Path, **changes) -> dict:
         "data": {"path": str(pair["data"]), "prompt_field": "prompt", "response_field": "response", "heldout": 16},
         "distill": {"steps": 40, "lr": 0.003, "batch_size": 8, "save_steps": 20, "max_seq_len": 128},
         "export": {"precisions": ["fp32", "int4"]},
+        "serve": {"max_new_tokens": 16},
         "runs_dir": str(runs),
     }
     for key, value in changes.items():

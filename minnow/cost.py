@@ -1,0 +1,216 @@
+"""What the student saves: energy, money and carbon per 1k requests and per training run.
+
+Energy comes from codecarbon in offline mode (nothing is looked up over the network): measured from power
+counters where the machine exposes them (Intel RAPL for the CPU, NVML for NVIDIA GPUs), otherwise estimated by
+codecarbon's power model (the process's CPU load × the CPU's TDP, RAM power from its size). Every figure carries
+which of the two it is. Money and carbon are derived here from the recipe's ``cost`` section.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from .recipe import Cost
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+MEASURED_CPU_MODES = {"intel_rapl": "RAPL", "windows_emi": "Windows EMI", "intel_power_gadget": "Intel Power Gadget",
+                      "apple_powermetrics": "powermetrics"}
+
+
+@dataclass(frozen=True)
+class Energy:
+    """Energy of one metered block, and where its figures come from."""
+
+    kwh: float
+    seconds: float
+    measured: bool
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class EnergyMeter:
+    """One codecarbon tracker for the process; :meth:`task` meters a block of code."""
+
+    def __init__(self, cost: Cost):
+        from codecarbon import OfflineEmissionsTracker
+
+        logging.getLogger("codecarbon").setLevel(logging.ERROR)
+        self._tracker = OfflineEmissionsTracker(
+            country_iso_code="USA",  # required offline; its carbon figure is not used (see carbon_g below)
+            output_methods=[],  # nothing written: the figures go to report.json
+            tracking_mode="process",
+            log_level="error",
+            allow_multiple_runs=True,
+            **({"force_cpu_power": cost.cpu_watts} if cost.cpu_watts else {}),
+            **({"force_ram_power": cost.ram_watts} if cost.ram_watts else {}),
+        )
+        self._given = {"CPU": cost.cpu_watts, "RAM": cost.ram_watts}
+
+    @contextmanager
+    def task(self) -> Iterator[dict[str, Any]]:
+        """Meter the block; the yielded dict holds the :class:`Energy` fields once the block has finished."""
+        result: dict[str, Any] = {}
+        self._tracker.start_task()  # the first call also detects the hardware: start the clock after it
+        started = time.perf_counter()
+        try:
+            yield result
+        finally:
+            data = self._tracker.stop_task()
+            seconds = time.perf_counter() - started
+            measured, source = self.source()
+            kwh = data.energy_consumed if data is not None else math.nan
+            result.update(Energy(kwh, seconds, measured, source).to_dict())
+
+    def source(self) -> tuple[bool, str]:
+        """Whether the CPU (and GPU) energy was read from counters, and a label saying how each part was obtained."""
+        parts, measured = [], True
+        for hardware in sorted(self._tracker._hardware, key=lambda h: type(h).__name__ == "RAM"):
+            kind = type(hardware).__name__
+            if self._given.get(kind):
+                parts.append(f"{kind} {self._given[kind]:g} W given in the recipe")
+                measured &= kind == "RAM"
+            elif kind == "CPU":
+                mode = getattr(hardware, "_mode", None)
+                if mode in MEASURED_CPU_MODES:
+                    parts.append(f"CPU measured ({MEASURED_CPU_MODES[mode]})")
+                else:
+                    parts.append(f"CPU estimated (codecarbon: load × {getattr(hardware, '_tdp', '?')} W TDP)")
+                    measured = False
+            elif kind == "GPU":
+                parts.append("GPU measured (NVML)")
+            elif kind == "RAM":
+                parts.append("RAM estimated (codecarbon: by size)")
+        return measured, ("measured" if measured else "estimated") + ": " + "; ".join(parts)
+
+
+def energy_meter(cost: Cost) -> EnergyMeter:
+    """The process's meter for these settings (codecarbon detects the hardware once, on the first task)."""
+    return _meter(cost.model_dump_json())
+
+
+@functools.cache
+def _meter(cost_json: str) -> EnergyMeter:
+    return EnergyMeter(Cost.model_validate_json(cost_json))
+
+
+def money(kwh: float, seconds: float, cost: Cost) -> float:
+    """The machine's price for ``seconds`` when the recipe gives one per hour, else the electricity's price."""
+    if cost.price_per_hour is not None:
+        return seconds / 3600 * cost.price_per_hour
+    return kwh * cost.price_per_kwh
+
+
+def carbon_g(kwh: float, cost: Cost) -> float:
+    """gCO2e of ``kwh`` at the recipe's grid intensity."""
+    return kwh * cost.carbon_g_per_kwh
+
+
+def footprint(energy: dict[str, Any], cost: Cost, per: float = 1.0) -> dict[str, Any]:
+    """Wh, money and gCO2e of a metered block, scaled by ``per`` (e.g. 1000 / requests for "per 1k requests")."""
+    kwh, seconds = energy["kwh"], energy["seconds"]
+    return {
+        "wh": kwh * 1000 * per,
+        "money": money(kwh, seconds, cost) * per,
+        "gco2e": carbon_g(kwh, cost) * per,
+        "seconds": seconds * per,
+        "measured": energy["measured"],
+        "source": energy["source"],
+    }
+
+
+def break_even(one_off: float, teacher_per_request: float, student_per_request: float) -> float | None:
+    """Requests served by the student instead of the teacher until ``one_off`` (distillation) is paid back;
+    None when the student is not cheaper per request."""
+    saving = teacher_per_request - student_per_request
+    return one_off / saving if saving > 0 else None
+
+
+def cost_section(report: dict[str, Any], cost: Cost) -> dict[str, Any] | None:
+    """The report's ``cost`` section from its metered stages (``energy``) and variants (``variants``).
+
+    Per variant: per 1k requests (and per 1M generated tokens for causal-LM runs); training: per stage and in
+    total; the break-even point in requests (and days, given ``requests_per_day``) by money and by energy.
+    """
+    variants = (report.get("variants") or {}).get("variants") or {}
+    stages = report.get("energy") or {}
+    if not variants and not stages:
+        return None
+    training = {stage: footprint(energy, cost) for stage, energy in stages.items()}
+    total = _total(list(stages.values()), cost) if stages else None
+    serving = {}
+    for name, row in variants.items():
+        energy, requests = row.get("energy"), row.get("requests")
+        if not energy or not requests:
+            continue
+        serving[name] = {"requests": requests, "per_1k_requests": footprint(energy, cost, 1000 / requests)}
+        if row.get("tokens"):
+            serving[name]["per_1m_tokens"] = footprint(energy, cost, 1e6 / row["tokens"])
+    teacher = next((s for name, s in serving.items() if name.startswith("teacher")), None)
+    if total and teacher:
+        for name, s in serving.items():
+            if s is teacher:
+                continue
+            s["break_even_requests"] = {
+                key: _rounded(break_even(total[key], teacher["per_1k_requests"][key] / 1000, s["per_1k_requests"][key] / 1000))
+                for key in ("money", "wh")
+            }
+            if cost.requests_per_day and s["break_even_requests"]["money"] is not None:
+                s["break_even_days"] = s["break_even_requests"]["money"] / cost.requests_per_day
+    return {
+        "assumptions": cost.model_dump(),
+        "money_basis": "machine price per hour" if cost.price_per_hour is not None else "electricity price per kWh",
+        "training": training,
+        "training_total": total,
+        "serving": serving,
+    }
+
+
+def _total(energies: list[dict[str, Any]], cost: Cost) -> dict[str, Any]:
+    summed = {
+        "kwh": sum(e["kwh"] for e in energies),
+        "seconds": sum(e["seconds"] for e in energies),
+        "measured": all(e["measured"] for e in energies),
+        "source": "; ".join(sorted({e["source"] for e in energies})),
+    }
+    return footprint(summed, cost)
+
+
+def _rounded(requests: float | None) -> int | None:
+    return None if requests is None else math.ceil(requests)
+
+
+def cost_figure(section: dict[str, Any]) -> Figure:
+    """Bars per variant: Wh and money per 1k requests; the training run's total is given in the title."""
+    from matplotlib.figure import Figure
+
+    serving = section["serving"]
+    names = list(serving)
+    currency = section["assumptions"]["currency"]
+    fig = Figure(figsize=(11, 1.4 + 0.45 * len(names)), layout="constrained")
+    energy_ax, money_ax = fig.subplots(1, 2)
+    colors = [f"C{i}" for i in range(len(names))]
+    energy_ax.barh(names, [serving[n]["per_1k_requests"]["wh"] for n in names], color=colors)
+    energy_ax.set(xlabel="Wh per 1k requests", title="energy")
+    money_ax.barh(names, [serving[n]["per_1k_requests"]["money"] for n in names], color=colors)
+    money_ax.set(xlabel=f"{currency} per 1k requests", title=f"money ({section['money_basis']})")
+    money_ax.tick_params(labelleft=False)
+    for ax in (energy_ax, money_ax):
+        ax.invert_yaxis()
+    total = section.get("training_total")
+    if total:
+        fig.suptitle(
+            f"distilling this student: {total['wh']:.3g} Wh, {total['money']:.3g} {currency}, "
+            f"{total['gco2e']:.3g} gCO2e ({'measured' if total['measured'] else 'estimated'})"
+        )
+    return fig
