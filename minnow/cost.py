@@ -190,6 +190,21 @@ def _rounded(requests: float | None) -> int | None:
     return None if requests is None else math.ceil(requests)
 
 
+def serving_table(section: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows of the per-variant serving figures: per 1k requests, per 1M tokens, break-even, label."""
+    currency = section["assumptions"]["currency"]
+    header = ["variant", "Wh / 1k requests", f"{currency} / 1k requests", "gCO2e / 1k requests", "Wh / 1M tokens",
+              "break-even (requests)", "energy"]
+    rows = []
+    for name, s in section["serving"].items():
+        k, tokens = s["per_1k_requests"], s.get("per_1m_tokens")
+        rows.append([
+            name, k["wh"], k["money"], k["gco2e"], tokens["wh"] if tokens else None,
+            s.get("break_even_requests", {}).get("money"), "measured" if k["measured"] else "estimated",
+        ])
+    return header, rows
+
+
 def cost_figure(section: dict[str, Any]) -> Figure:
     """Bars per variant: Wh and money per 1k requests; the training run's total is given in the title."""
     from matplotlib.figure import Figure
@@ -205,6 +220,7 @@ def cost_figure(section: dict[str, Any]) -> Figure:
     money_ax.barh(names, [serving[n]["per_1k_requests"]["money"] for n in names], color=colors)
     money_ax.set(xlabel=f"{currency} per 1k requests", title=f"money ({section['money_basis']})")
     money_ax.tick_params(labelleft=False)
+    money_ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
     for ax in (energy_ax, money_ax):
         ax.invert_yaxis()
     total = section.get("training_total")

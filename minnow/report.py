@@ -6,7 +6,7 @@ import io
 from typing import Any
 
 from . import atomic
-from .cost import cost_figure
+from .cost import cost_figure, serving_table
 from .rundir import RunDir
 
 COST_CHART = "cost.png"
@@ -81,17 +81,7 @@ def _cost(c: dict) -> list[str]:
         "",
     ]
     if c["serving"]:
-        rows = []
-        for name, s in c["serving"].items():
-            k = s["per_1k_requests"]
-            tokens = s.get("per_1m_tokens")
-            rows.append([
-                name, k["wh"], k["money"], k["gco2e"], tokens["wh"] if tokens else None,
-                s.get("break_even_requests", {}).get("money"), "measured" if k["measured"] else "estimated",
-            ])
-        header = ["variant", "Wh / 1k requests", f"{currency} / 1k requests", "gCO2e / 1k requests", "Wh / 1M tokens",
-                  "break-even (requests)", "energy"]
-        lines += _table(header, rows)
+        lines += _table(*serving_table(c))
         lines += [f"![cost per 1k requests]({COST_CHART})", ""]
     if c["training_total"]:
         rows = [[stage, t["seconds"], t["wh"], t["money"], t["gco2e"], t["source"]] for stage, t in c["training"].items()]

@@ -3,7 +3,9 @@
 Tabs: **Compare** (causal-LM runs: one prompt, every variant's greedy answer streamed with its time to first
 token, tokens/s and size), **Search** (embedding runs: each variant's top-k over the run's corpus, with query
 latency and overlap with the teacher's top-k), **Benchmark** (the runs' held-out prompts through every variant:
-latency, throughput, size and quality retained, as a table and plots) and **Report** (each run's report.md).
+latency, throughput, size and quality retained, as a table and plots), **Cost** (energy, money and carbon per 1k
+requests for every variant and the distillation's break-even point, from each run's report) and **Report** (each
+run's report.md).
 
 Serve settings (limits, queue, host, port) come from the first run's recipe. Variants run one after another
 within a request; the page updates as each one streams. Event API names: ``/compare``, ``/search`` and
@@ -20,6 +22,7 @@ from pathlib import Path
 import gradio as gr
 from matplotlib.figure import Figure
 
+from minnow.cost import cost_figure, serving_table
 from minnow.recipe import Serve
 from minnow.rundir import RunDir
 
@@ -27,7 +30,7 @@ from .benchmark import MAX_PROMPTS, Row, figure, quality_retained, time_variant
 from .generate import stream_text
 from .report import report_parts
 from .search import search, warm_indexes
-from .variants import SearchGroup, Variant, compare_variants, open_runs, search_groups
+from .variants import SearchGroup, Variant, compare_variants, open_runs, search_groups, slugify
 
 THREADS = (1, 2, 4)
 DEFAULT_THREADS = min(2, os.cpu_count() or 1)
@@ -72,6 +75,7 @@ def _blocks(runs: list[RunDir]) -> gr.Blocks:
             if groups:
                 _search_tab(groups, threads, settings)
             _benchmark_tab(runs, compare, groups, threads, settings)
+            _cost_tab(runs)
             _report_tab(runs)
     return demo.queue(max_size=settings.max_queue, default_concurrency_limit=1)
 
@@ -237,6 +241,47 @@ def _rows(rows: list[Row], jobs: list[tuple[Variant, Path | None]]) -> list[list
     """The table: the rows measured so far, then the variants still to run, with empty cells."""
     pending = [Row(variant.label, variant.size_mb) for variant, _ in jobs[len(rows) :]]
     return [row.cells() for row in rows + pending]
+
+
+def _cost_tab(runs: list[RunDir]) -> None:
+    with gr.Tab("Cost", id="cost"):
+        gr.Markdown(
+            "What serving each variant costs, and what distilling the student cost once, from the figures `minnow run` "
+            "measured (energy metered by codecarbon while the variants answered the held-out inputs; *measured* from "
+            "power counters, otherwise *estimated* from its power model). Prices and carbon intensity come from the "
+            "run's `recipe.resolved.yaml` (`cost:`): edit them there and run `minnow report RUN_DIR`."
+        )
+        for run in runs:
+            section = run.report().get("cost")
+            if not section or not section["serving"]:
+                gr.Markdown(f"`{run.path}`: no cost figures yet; they are written when the run's variants are measured.")
+                continue
+            header, rows = serving_table(section)
+            gr.Markdown(f"### {run.recipe.name}\n{_training_cost(section)}")
+            gr.Dataframe(
+                value=[[_significant(v) for v in row] for row in rows],
+                headers=header,
+                interactive=False,
+                elem_id=f"cost-{slugify(run.recipe.name)}",
+                elem_classes=["cost-table"],
+            )
+            gr.Plot(cost_figure(section), show_label=False, format="png")
+
+
+def _training_cost(section: dict) -> str:
+    total, currency = section["training_total"], section["assumptions"]["currency"]
+    if not total:
+        return ""
+    label = "measured" if total["measured"] else "estimated"
+    return (
+        f"Distilling this student cost {total['wh']:.3g} Wh, {total['money']:.3g} {currency} and {total['gco2e']:.3g} "
+        f"gCO2e ({label}); *break-even* is the number of requests after which serving the student instead of the "
+        "teacher has paid that back."
+    )
+
+
+def _significant(value: object) -> object:
+    return float(f"{value:.4g}") if isinstance(value, float) else value
 
 
 def _report_tab(runs: list[RunDir]) -> None:

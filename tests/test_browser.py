@@ -3,6 +3,7 @@ the benchmark button, a table row per variant and the plots out."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -137,3 +138,20 @@ def test_benchmark_fills_a_row_per_variant_and_plots(page, tiny_run: Path):
         size_mb, latency_ms, throughput, quality = map(float, cells[1:])
         assert size_mb > 0 and latency_ms > 0 and throughput > 0 and 0 <= quality <= 100, cells
     screenshot(page, "benchmark.png")
+
+
+def test_cost_tab_shows_each_variant_per_1k_requests_and_the_chart(page, tiny_run: Path):
+    from playwright.sync_api import expect
+
+    serving = json.loads((tiny_run / "report.json").read_text())["cost"]["serving"]
+    page.get_by_role("tab", name="Cost").click()
+    table = page.locator(".cost-table")
+    expect(table).to_be_visible()
+    for row, (name, figures) in enumerate(serving.items()):
+        assert table.get_by_test_id(f"cell-{row}-0").inner_text() == name
+        wh = float(table.get_by_test_id(f"cell-{row}-1").inner_text())
+        assert wh == pytest.approx(figures["per_1k_requests"]["wh"], rel=1e-3)
+        assert table.get_by_test_id(f"cell-{row}-6").inner_text() in ("measured", "estimated")
+    expect(page.get_by_text(re.compile(r"Distilling this student cost [\d.e+-]+ Wh"))).to_be_visible()
+    expect(page.locator("#tabs img, .tabitem img").first).to_be_visible()
+    screenshot(page, "cost.png")
