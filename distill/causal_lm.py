@@ -15,9 +15,10 @@ from minnow.recipe import Recipe, Student, Teacher
 from minnow.rundir import RunDir
 
 from .data import Example, split_examples
-from .evaluate import evaluate_causal, teacher_nll
+from .curriculum import causal_learnability, causal_scorers, example_text, plan_curriculum
+from .evaluate import evaluate_causal
 from .losses import IGNORE_INDEX
-from .quality import cached_scores, training_order
+from .schedules import scheduled
 from .trainer import LogitDistillTrainer
 from .training import pick_device, save_pretrained, train_resuming, training_arguments
 
@@ -157,14 +158,9 @@ def distill_causal_lm(run: RunDir) -> dict:
     student = load_causal_lm(recipe.student, device)
 
     ids = [r["id"] for r in train_rows]
-    scores = None
-    if recipe.curriculum.order == "quality-first":
-        scores = cached_scores(
-            run.scores,
-            ids,
-            lambda pos: teacher_nll(teacher, [train_rows[i] for i in pos], collate, cfg.eval_batch_size, device),
-        )
-    order = training_order(ids, scores, recipe.curriculum.order, cfg.seed)
+    texts = {ex["id"]: example_text(ex) for ex in train}
+    scorers = causal_scorers(teacher, student, train_rows, collate, cfg.eval_batch_size, device)
+    plan = plan_curriculum(recipe.curriculum, recipe.task, recipe.data, run.path, run.scores, ids, [texts[i] for i in ids], scorers)
     before = evaluate_causal(student, teacher, eval_rows, collate, cfg.eval_batch_size, device)
 
     if recipe.lora is not None:
@@ -178,10 +174,13 @@ def distill_causal_lm(run: RunDir) -> dict:
                 task_type="CAUSAL_LM",
             ),
         )
-    trainer = LogitDistillTrainer(
+    args = training_arguments(recipe, run.checkpoints, device)
+    learnable = causal_learnability(plan, lambda: trainer.model, train_rows, collate, cfg.eval_batch_size, device)
+    trainer = scheduled(LogitDistillTrainer)(
+        sampler=plan.sampler(cfg.steps, args.train_batch_size * cfg.grad_accum * args.world_size, cfg.seed, learnable),
         model=student,
-        args=training_arguments(recipe, run.checkpoints, device),
-        train_dataset=Dataset.from_list([train_rows[i] for i in order]),
+        args=args,
+        train_dataset=Dataset.from_list(train_rows),
         data_collator=collate,
         processing_class=tok,
         teacher=teacher,
@@ -205,12 +204,7 @@ def distill_causal_lm(run: RunDir) -> dict:
             {"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e and "step" in e
         ],
         "parameters": {"teacher": _count(teacher), "student": _count(student)},
-        "curriculum": {
-            "order": recipe.curriculum.order,
-            "score": "teacher mean token NLL" if scores else None,
-            "first_ids": [ids[i] for i in order[:5]],
-            "scores_file": str(run.scores.relative_to(run.path)) if scores else None,
-        },
+        "curriculum": plan.report(run.path),
         "eval_before": before,
         "eval": after,
         "parity_prompts": [prompt_text(ex, tok, recipe.data.chat_template) for ex in heldout],

@@ -27,7 +27,9 @@ from minnow.rundir import RunDir
 
 from .data import split_examples
 from .metrics import agreement
-from .quality import training_order
+from .curriculum import Scorer, embedding_learnability, plan_curriculum
+from .schedules import scheduled
+from .scorers import ScoreCache
 from .trainer import EmbeddingDistillTrainer
 from .training import pick_device, train_resuming, training_arguments
 
@@ -135,9 +137,12 @@ def distill_embedding(run: RunDir) -> dict:
     everything = train + heldout
     ids = [ex["id"] for ex in everything]
     emb, scores = _cached_teacher(run, teacher, tok, [ex["text"] for ex in everything], ids, cfg, device)
-    _write_jsonl(run.scores, [{"id": i, "score": scores[i]} for i in ids])
+    ScoreCache(run.scores).set_column("incoherence", scores)
     train_emb, held_emb = emb[: len(train)], emb[len(train) :]
-    order = training_order(ids[: len(train)], scores, recipe.curriculum.order, cfg.seed)
+    train_ids = ids[: len(train)]
+    free = Scorer("free", ("incoherence",), lambda pos: [{"incoherence": scores[train_ids[i]]} for i in pos])
+    plan = plan_curriculum(recipe.curriculum, recipe.task, recipe.data, run.path, run.scores, train_ids,
+                           [ex["text"] for ex in train], {"teacher pass (targets)": free})
 
     held_texts = [ex["text"] for ex in heldout]
     before = agreement(TorchEncoder(student.to(device), tok).encode(held_texts, cfg.eval_batch_size, cfg.max_seq_len), held_emb)
@@ -150,17 +155,20 @@ def distill_embedding(run: RunDir) -> dict:
             student.encoder, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules)
         )
     rows = [
-        {**tok(train[i]["text"], truncation=True, max_length=cfg.max_seq_len), "teacher_embedding": train_emb[i].tolist()}
-        for i in order
+        {**tok(ex["text"], truncation=True, max_length=cfg.max_seq_len), "teacher_embedding": train_emb[i].tolist()}
+        for i, ex in enumerate(train)
     ]
 
     def collate(features: list[dict]) -> dict:
         target = torch.tensor([f.pop("teacher_embedding") for f in features])
         return dict(tok.pad(features, return_tensors="pt")) | {"teacher_embedding": target}
 
-    trainer = EmbeddingDistillTrainer(
+    args = training_arguments(recipe, run.checkpoints, device, remove_unused_columns=False)
+    learnable = embedding_learnability(lambda: trainer.model, tok, [ex["text"] for ex in train], train_emb, cfg)
+    trainer = scheduled(EmbeddingDistillTrainer)(
+        sampler=plan.sampler(cfg.steps, args.train_batch_size * cfg.grad_accum * args.world_size, cfg.seed, learnable),
         model=student.train(),
-        args=training_arguments(recipe, run.checkpoints, device, remove_unused_columns=False),
+        args=args,
         train_dataset=Dataset.from_list(rows),
         data_collator=collate,
         loss=cfg.embedding_loss,
@@ -183,12 +191,7 @@ def distill_embedding(run: RunDir) -> dict:
         "loss_log": [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e],
         "parameters": {"teacher": _count(teacher), "student": _count(student)},
         "layers": {"teacher": teacher.encoder.config.num_hidden_layers, "student": student.encoder.config.num_hidden_layers},
-        "curriculum": {
-            "order": recipe.curriculum.order,
-            "score": "teacher token–sentence incoherence",
-            "first_ids": [ids[i] for i in order[:5]],
-            "scores_file": str(run.scores.relative_to(run.path)),
-        },
+        "curriculum": plan.report(run.path),
         "eval_before": {"student": before, "texts": len(heldout)},
         "eval": {"student": after, "texts": len(heldout)},
         "parity_prompts": held_texts,

@@ -1,4 +1,4 @@
-"""Held-out metrics and teacher scores for causal-LM runs, computed over response tokens only."""
+"""Held-out metrics for causal-LM runs, computed over response tokens only."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import math
 from typing import Callable, Iterator
 
 import torch
-from rich.progress import track
 
 from .losses import IGNORE_INDEX, align_vocab, forward_kl, shift_for_next_token, token_cross_entropy
 
@@ -15,24 +14,6 @@ def batches(rows: list[dict], collate: Callable, batch_size: int, device: torch.
     for i in range(0, len(rows), batch_size):
         batch = collate([{k: r[k] for k in ("input_ids", "attention_mask", "labels")} for r in rows[i : i + batch_size]])
         yield {k: v.to(device) for k, v in batch.items()}
-
-
-@torch.inference_mode()
-def teacher_nll(
-    teacher: torch.nn.Module, rows: list[dict], collate: Callable, batch_size: int, device: torch.device
-) -> list[float]:
-    """Each example's mean per-token negative log-likelihood under the teacher (lower = more typical, cleaner).
-
-    The perplexity-filtering signal of CCNet (Wenzek et al. 2020) with the teacher as the reference model.
-    """
-    scores: list[float] = []
-    for batch in track(list(batches(rows, collate, batch_size, device)), description="Scoring with the teacher"):
-        labels = batch.pop("labels")
-        logits, targets = shift_for_next_token(teacher(**batch).logits, labels)
-        nll = token_cross_entropy(logits, targets)
-        counts = targets.ne(IGNORE_INDEX).sum(-1).clamp(min=1)
-        scores += (nll.sum(-1) / counts).tolist()
-    return scores
 
 
 @torch.inference_mode()

@@ -119,9 +119,33 @@ class Distill(Section):
 
 
 class Curriculum(Section):
-    order: Literal["quality-first", "random"] = Field(
-        "quality-first", description="`quality-first` trains on teacher-scored best examples first."
+    order: Literal["quality-first", "paced", "soft", "online", "random"] = Field(
+        "quality-first",
+        description="`quality-first`: best-scored first, in order; `paced`: best fraction first, the rest mixed in "
+        "along `pacing`; `soft`: sample p ∝ exp(−rank/τ), τ annealed; `online`: keep the most learnable of each "
+        "super-batch, rescored with the current student; `random`: seeded shuffle.",
     )
+    score: Literal[
+        "auto", "teacher-nll", "teacher-entropy", "teacher-confidence", "learnability", "heuristic", "incoherence", "field"
+    ] = Field(
+        "auto",
+        description="What ranks examples: `auto` is `field` with `score_field`, else teacher-nll (causal-lm) or "
+        "incoherence (embedding); `learnability` = student − teacher loss; `heuristic` = share of quality rules broken.",
+    )
+    score_field: str | None = Field(None, description="A numeric column of the data holding your own quality score (higher = better).")
+    keep: float = Field(1.0, gt=0, le=1, description="Static filter: train only on this best-scored fraction of the examples.")
+    heuristic_filter: bool = Field(
+        False, description="Drop examples breaking a Gopher/FineWeb quality rule (length, symbols, punctuation, repetition)."
+    )
+    near_dedup: bool = Field(True, description="Drop near-duplicates (MinHash over word 5-grams), keeping the first.")
+    near_dedup_threshold: float = Field(0.9, gt=0, le=1, description="Estimated Jaccard similarity at which texts are near-duplicates.")
+    pacing: Literal["linear", "root", "step"] = Field("root", description="`paced` order: how the data in play grows (Platanios et al. 2019).")
+    start_fraction: float = Field(0.2, gt=0, le=1, description="`paced` order: best fraction of the examples in play at step 0.")
+    full_at: float = Field(0.5, gt=0, le=1, description="`paced` order: fraction of the steps after which every kept example is in play.")
+    tau_start: float = Field(0.1, gt=0, description="`soft` order: temperature at the first step (small = best examples only).")
+    tau_end: float = Field(10.0, gt=0, description="`soft` order: temperature at the last step (large = nearly uniform).")
+    select_ratio: float = Field(0.5, gt=0, le=1, description="`online` order: fraction of each scored super-batch that is trained on.")
+    refresh_steps: int = Field(10, gt=0, description="`online` order: steps trained on each selection before the next is scored.")
     dedup: bool = Field(True, description="Drop exact duplicate examples (by stable id) before training.")
 
 
@@ -190,6 +214,19 @@ class Recipe(Section):
                 raise ValueError("data: embedding recipes take `text_field`, not prompt/response or messages fields")
         if self.student.from_teacher is not None and self.task != "embedding":
             raise ValueError("student.from_teacher is available for embedding recipes")
+        return self
+
+    @model_validator(mode="after")
+    def _curriculum_rules(self) -> Recipe:
+        c = self.curriculum
+        by_task = {
+            "causal-lm": {"teacher-nll", "teacher-entropy", "teacher-confidence", "learnability", "heuristic", "field"},
+            "embedding": {"incoherence", "heuristic", "field"},
+        }
+        if c.score != "auto" and c.score not in by_task[self.task]:
+            raise ValueError(f"curriculum.score: {c.score} is not available for {self.task}; use one of {', '.join(sorted(by_task[self.task]))}")
+        if (c.score == "field") != (c.score_field is not None) and not (c.score == "auto" and c.score_field):
+            raise ValueError("curriculum.score: `field` goes with curriculum.score_field (the column holding your scores)")
         return self
 
 

@@ -97,6 +97,21 @@ def _cost(c: dict) -> list[str]:
     return lines
 
 
+def _curriculum(c: dict) -> list[str]:
+    if "scorers" not in c:  # a run made before scorers were reported
+        return [f"Curriculum: {c.get('order')}.", ""]
+    dropped = ", ".join(f"{n} {reason}" for reason, n in c["dropped"].items()) or "none"
+    lines = [
+        f"Curriculum: {c['order']}, ranked by {c['score']} (`{c['scores_file']}`); {c['kept']} of {c['examples']} "
+        f"examples kept (dropped: {dropped}); {c['trained_distinct']} distinct examples trained on, step by step in "
+        f"`{c['schedule_file']}`.",
+        "",
+    ]
+    rows = [[name, cost["kind"], cost.get("examples"), cost["seconds"]] for name, cost in c["scorers"].items()]
+    lines += _table(["scorer", "kind", "examples", "seconds"], rows)
+    return lines + [f"![score distribution, what was dropped, and the schedule]({c['plot']})", ""]
+
+
 def markdown(report: dict) -> str:
     lines = [f"# Minnow run `{report.get('name')}` ({report.get('task')})", ""]
     d = report.get("distill")
@@ -109,9 +124,7 @@ def markdown(report: dict) -> str:
             f"teacher {p['teacher'] / 1e6:.2f} M parameters, student {p['student'] / 1e6:.2f} M "
             f"({p['student'] / p['teacher']:.1%}). Examples: {d['examples']}.",
             "",
-            f"Curriculum: {d['curriculum']['order']}"
-            + (f", scored by {d['curriculum']['score']} (`{d['curriculum']['scores_file']}`)." if d["curriculum"]["score"] else "."),
-            "",
+            *_curriculum(d["curriculum"]),
             "## Quality kept",
             "",
         ]
