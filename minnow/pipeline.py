@@ -45,11 +45,30 @@ def export(run: RunDir) -> None:
     prompts = prompts[: recipe.export.parity_examples] if not recipe.export.parity_prompts else prompts
     console.rule(f"[bold]export[/] {', '.join(recipe.export.precisions)}")
     if recipe.task == "causal-lm":
-        from export.causal_lm import export_causal_lm
+        from transformers import AutoTokenizer
 
+        from export.causal_lm import export_causal_lm
+        from export.gate import heldout_sequences
+
+        sequences = heldout_sequences(recipe, AutoTokenizer.from_pretrained(run.student), recipe.export.gate.tokens)
         section = export_causal_lm(
-            run.student, run.onnx, recipe.export.precisions, prompts, recipe.export.parity_max_new_tokens
+            run.student,
+            run.onnx,
+            recipe.export.precisions,
+            prompts,
+            recipe.export.parity_max_new_tokens,
+            gate=recipe.export.gate,
+            gate_sequences=sequences,
+            int4_lm_head=recipe.export.int4_lm_head,
+            targets=recipe.export.targets,
+            max_length=recipe.export.max_length,
         )
+        if recipe.export.measure:
+            from export.figures import artefact_figures
+
+            console.rule("[bold]measure[/] each exported folder, one process each")
+            for entry in section.values():
+                entry["figures"] = artefact_figures(run.path / entry["path"])
     else:
         from export.embedding import export_embedding
 
@@ -83,4 +102,5 @@ def is_distilled(run: RunDir) -> bool:
 def is_exported(run: RunDir) -> bool:
     report = run.report()
     measured = run.recipe.task != "embedding" or "variants" in report
-    return "export" in report and measured and all((run.onnx / p).is_dir() for p in run.recipe.export.precisions)
+    mobile = "mobile" not in run.recipe.export.targets or (run.path / "mobile").is_dir()
+    return "export" in report and measured and mobile and all((run.onnx / p).is_dir() for p in run.recipe.export.precisions)
