@@ -99,7 +99,7 @@ def export_fp32(model: PreTrainedModel, path: Path) -> None:
         torch.arange(past_len, past_len + seq).expand(batch, seq),
         [torch.randn(batch, heads, past_len, head_size) for _ in range(2 * layers)],
     )
-    kv = [f"{kind}.{i}.{part}" for kind in ("past_key_values",) for i in range(layers) for part in ("key", "value")]
+    past = [f"past_key_values.{i}.{part}" for i in range(layers) for part in ("key", "value")]
     present = [f"present.{i}.{part}" for i in range(layers) for part in ("key", "value")]
     shapes = {
         "input_ids": {0: b, 1: s},
@@ -115,7 +115,7 @@ def export_fp32(model: PreTrainedModel, path: Path) -> None:
             dynamo=True,
             verbose=False,
             external_data=True,
-            input_names=["input_ids", "attention_mask", "position_ids", *kv],
+            input_names=["input_ids", "attention_mask", "position_ids", *past],
             output_names=["logits", *present],
             dynamic_shapes=shapes,
         )
