@@ -1,7 +1,8 @@
 """Causal-LM export: a merged Hugging Face student folder to ONNX with a KV cache, one folder per precision.
 
-The onnxruntime-genai model builder does the conversion (and int8/int4 weight-only quantization); each folder it
-writes (model.onnx + model.onnx.data, genai_config.json, tokenizer files) is checked against PyTorch greedy decoding
+The onnxruntime-genai model builder does the conversion (and int8/int4 weight-only quantization) for the
+architectures it knows; other decoders go through ``torch.onnx`` (:mod:`export.torch_decoder`). Each folder
+written (model.onnx + model.onnx.data, genai_config.json, tokenizer files) is checked against PyTorch greedy decoding
 before it replaces the previous one. ``stream_generate`` decodes from such a folder token by token for the demo.
 """
 
@@ -18,18 +19,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import onnx
 import onnxruntime_genai as og
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
 from minnow.atomic import output_dir
 from minnow.errors import MinnowError
+from minnow.recipe import Gate
+
+from . import gate as quality_gate
+from .mobile import DEFAULT_MAX_LENGTH, write_mobile
+from .torch_decoder import export_torch_decoder, torch_architectures
 
 SUPPORTED_PRECISIONS = ("fp32", "int8", "int4")
 BUILDER_MODULE = "onnxruntime_genai.models.builder"
 # Weight-only (MatMulNBits) quantization: blocks of 32 weights, int8 activations in the MatMul (accuracy level 4).
 # onnxruntime-genai >= 0.18 names these block_size/accuracy_level; it silently ignores the old int4_-prefixed names.
 QUANTIZATION_OPTIONS = ("block_size=32", "accuracy_level=4")
+# int4 keeps the output projection, the most quantization-sensitive MatMul, at 8 bits (measured on the trained tiny
+# Qwen2: top-1 agreement with PyTorch 0.996 with an 8-bit lm_head, 0.974 with a 4-bit one, over 3408 tokens).
+INT8_LM_HEAD_OPTION = "matmul_mixed_precision=last_matmul:int8"
 BUILDER_OUTPUT_LINES = 15
 
 
@@ -48,11 +58,19 @@ def export_causal_lm(
     precisions: list[str],
     parity_prompts: list[str],
     max_new_tokens: int = 16,
+    gate: Gate | None = None,
+    gate_sequences: Sequence[Sequence[int]] = (),
+    int4_lm_head: str = "int8",
+    targets: Sequence[str] = ("cpu",),
+    max_length: int | None = None,
 ) -> dict:
-    """Write ``onnx_root/<precision>/`` for each precision and return, per precision, its path, size and parity.
+    """Write ``onnx_root/<precision>/`` for each precision and return, per precision, its path, size, parity and gate.
 
     fp32 must reproduce PyTorch's greedy tokens exactly (MinnowError otherwise, and the folder is not written);
-    for int8/int4 the fraction of agreeing token positions is recorded.
+    for int8/int4 the fraction of agreeing token positions is recorded. With ``gate_sequences`` (held-out token
+    ids), each precision must also pass ``gate`` (see :mod:`export.gate`) or its folder is not written.
+    ``max_length`` caps prompt + output in every folder's genai_config.json. The ``mobile`` target adds
+    ``onnx_root.parent/mobile`` (see :mod:`export.mobile`), checked like int4; it needs int4 in ``precisions``.
     """
     unknown = [p for p in precisions if p not in SUPPORTED_PRECISIONS]
     if unknown:
@@ -60,20 +78,61 @@ def export_causal_lm(
     architecture = check_architecture(student_dir)
     results: dict[str, dict] = {}
     references: list[Reference] | None = None
-    for precision in dict.fromkeys(precisions):
-        with output_dir(onnx_root / precision) as folder:
-            _build(student_dir, folder, precision, architecture)
-            if references is None:
-                # The builder settles the stop tokens (it adds the tokenizer's end-of-turn token), so PyTorch's
-                # reference decoding is computed once the first folder exists, with that folder's stop tokens.
-                references = greedy_references(student_dir, parity_prompts, max_new_tokens, _eos_token_ids(folder))
-            parity = compare_to_references(folder, references, max_new_tokens, precision)
-        results[precision] = {
-            "path": f"{onnx_root.name}/{precision}",
-            "size_bytes": sum(f.stat().st_size for f in (onnx_root / precision).rglob("*") if f.is_file()),
-            "parity": parity,
+    reference_model = None
+    with tempfile.TemporaryDirectory(prefix="minnow-export-") as scratch:
+        for precision in dict.fromkeys(precisions):
+            with output_dir(onnx_root / precision) as folder:
+                if architecture in builder_architectures():
+                    _build(student_dir, folder, precision, architecture, int4_lm_head)
+                else:
+                    export_torch_decoder(student_dir, folder, precision, Path(scratch), int4_lm_head)
+                if max_length is not None:
+                    _cap_length(folder, max_length)
+                if references is None:
+                    # The builder settles the stop tokens (it adds the tokenizer's end-of-turn token), so PyTorch's
+                    # reference decoding is computed once the first folder exists, with that folder's stop tokens.
+                    references = greedy_references(student_dir, parity_prompts, max_new_tokens, _eos_token_ids(folder))
+                parity = compare_to_references(folder, references, max_new_tokens, precision)
+                result = {"parity": parity}
+                if gate_sequences:
+                    reference_model = reference_model or load_reference(student_dir)
+                    figures = quality_gate.measure(reference_model, folder, gate_sequences)
+                    result["gate"] = quality_gate.check(figures, gate or Gate(), precision)
+            results[precision] = {
+                "path": f"{onnx_root.name}/{precision}",
+                "size_bytes": sum(f.stat().st_size for f in (onnx_root / precision).rglob("*") if f.is_file()),
+                **result,
+            }
+    if "mobile" in targets:
+        if "int4" not in results:
+            raise MinnowError("the mobile target is made from the int4 export; add int4 to export.precisions")
+        mobile = onnx_root.parent / "mobile"
+        with output_dir(mobile) as folder:
+            info = write_mobile(onnx_root / "int4", folder, max_length or DEFAULT_MAX_LENGTH)
+            result = {"parity": compare_to_references(folder, references, max_new_tokens, "int4")}
+            if gate_sequences:
+                figures = quality_gate.measure(reference_model or load_reference(student_dir), folder, gate_sequences)
+                result["gate"] = quality_gate.check(figures, gate or Gate(), "int4", artefact="mobile (int4)")
+        results["mobile"] = {
+            "path": mobile.name,
+            "size_bytes": sum(f.stat().st_size for f in mobile.iterdir() if f.is_file()),
+            **result,
+            **info,
         }
     return results
+
+
+def _cap_length(folder: Path, max_length: int) -> None:
+    """Bound prompt + output (and so the KV cache onnxruntime-genai allocates) at ``max_length`` tokens."""
+    config = _genai_config(folder)
+    length = min(max_length, config["model"]["context_length"])
+    config["model"]["context_length"] = config["search"]["max_length"] = length
+    (folder / "genai_config.json").write_text(json.dumps(config, indent=4) + "\n", encoding="utf-8")
+
+
+def load_reference(model_dir: Path) -> torch.nn.Module:
+    """The PyTorch student in float32, safetensors only, as the export is checked against it."""
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True).eval()
 
 
 @functools.cache
@@ -90,21 +149,24 @@ def check_architecture(model_dir: Path) -> str:
         architecture = json.loads(config.read_text(encoding="utf-8"))["architectures"][0]
     except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
         raise MinnowError(f"{config}: cannot read the model architecture ({e})") from e
-    if architecture not in builder_architectures():
+    if architecture not in builder_architectures() and architecture not in torch_architectures():
         raise MinnowError(
-            f"{config}: architecture {architecture} cannot be exported by the onnxruntime-genai model builder; "
-            f"supported: {', '.join(builder_architectures())}"
+            f"{config}: architecture {architecture} cannot be exported: it is not a decoder-only causal LM. "
+            f"supported: {', '.join(builder_architectures())} (onnxruntime-genai model builder), and other "
+            "decoder-only causal LMs with a KV cache such as GPT2LMHeadModel (torch.onnx)"
         )
     return architecture
 
 
-def _build(student_dir: Path, out_dir: Path, precision: str, architecture: str) -> None:
+def _build(student_dir: Path, out_dir: Path, precision: str, architecture: str, int4_lm_head: str = "int8") -> None:
     """Run the model builder in a subprocess, offline, writing one precision into the existing ``out_dir``."""
     with tempfile.TemporaryDirectory(prefix="minnow-builder-") as work:
         command = [sys.executable, "-m", BUILDER_MODULE, "-i", str(student_dir.resolve()), "-o", str(out_dir.resolve())]
         command += ["-p", precision, "-e", "cpu", "-c", str(Path(work) / "cache")]
         if precision != "fp32":
             command += ["--extra_options", *QUANTIZATION_OPTIONS]
+        if precision == "int4" and int4_lm_head == "int8":
+            command.append(INT8_LM_HEAD_OPTION)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         # `python -m` puts the working directory first on sys.path; an empty one cannot shadow the builder's modules.
         run = subprocess.run(
@@ -117,6 +179,28 @@ def _build(student_dir: Path, out_dir: Path, precision: str, architecture: str) 
             f"the onnxruntime-genai model builder failed to export {student_dir} ({architecture}) "
             f"at {precision} (exit code {run.returncode}):\n{tail}"
         )
+    repair_shared_int8_head(out_dir / "model.onnx")
+
+
+def repair_shared_int8_head(model_file: Path) -> None:
+    """Point a tied model's 8-bit embedding lookup at the 8-bit lm_head weights it shares.
+
+    With tied embeddings, an int4 body and an 8-bit lm_head, builder 0.18 reads the shared table under the names
+    its k-quant path uses (``..._Q8G32``, ``..._scale``) while writing the default path's (``..._Q8``,
+    ``..._scales``); the model then fails to load. Same tensors, so renaming the references repairs it.
+    """
+    model = onnx.load(model_file, load_external_data=False)
+    initializers = {t.name for t in model.graph.initializer}
+    renames = {"lm_head.MatMul.weight_Q8G32": "lm_head.MatMul.weight_Q8", "lm_head.MatMul.weight_scale": "lm_head.MatMul.weight_scales"}
+    renames = {old: new for old, new in renames.items() if old not in initializers and new in initializers}
+    changed = False
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
+                changed = True
+    if changed:
+        onnx.save(model, model_file)
 
 
 def _genai_config(model_dir: Path) -> dict:

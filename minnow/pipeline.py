@@ -53,15 +53,34 @@ def export(run: RunDir) -> None:
     console.rule(f"[bold]export[/] {', '.join(recipe.export.precisions)}")
     with energy_meter(recipe.cost).task() as energy:
         if recipe.task == "causal-lm":
-            from export.causal_lm import export_causal_lm
+            from transformers import AutoTokenizer
 
+            from export.causal_lm import export_causal_lm
+            from export.gate import heldout_sequences
+
+            sequences = heldout_sequences(recipe, AutoTokenizer.from_pretrained(run.student), recipe.export.gate.tokens)
             section = export_causal_lm(
-                run.student, run.onnx, recipe.export.precisions, prompts, recipe.export.parity_max_new_tokens
+                run.student,
+                run.onnx,
+                recipe.export.precisions,
+                prompts,
+                recipe.export.parity_max_new_tokens,
+                gate=recipe.export.gate,
+                gate_sequences=sequences,
+                int4_lm_head=recipe.export.int4_lm_head,
+                targets=recipe.export.targets,
+                max_length=recipe.export.max_length,
             )
         else:
             from export.embedding import export_embedding
 
             section = export_embedding(run.student, run.onnx, recipe.export.precisions, prompts)
+    if recipe.task == "causal-lm" and recipe.export.measure:
+        from export.figures import artefact_figures
+
+        console.rule("[bold]measure[/] each exported folder, one process each")
+        for entry in section.values():
+            entry["figures"] = artefact_figures(run.path / entry["path"])
     run.update_report("export", section)
     record_energy(run, "export", energy)
     measure(run)
@@ -97,4 +116,5 @@ def is_distilled(run: RunDir) -> bool:
 
 def is_exported(run: RunDir) -> bool:
     report = run.report()
-    return "export" in report and "variants" in report and all((run.onnx / p).is_dir() for p in run.recipe.export.precisions)
+    mobile = "mobile" not in run.recipe.export.targets or (run.path / "mobile").is_dir()
+    return "export" in report and "variants" in report and mobile and all((run.onnx / p).is_dir() for p in run.recipe.export.precisions)

@@ -149,6 +149,33 @@ class Curriculum(Section):
     dedup: bool = Field(True, description="Drop exact duplicate examples (by stable id) before training.")
 
 
+class Int8Gate(Section):
+    min_top1_agreement: float = Field(
+        0.98, ge=0, le=1, description="Least fraction of positions where ONNX and PyTorch pick the same top token."
+    )
+    max_kl: float = Field(0.01, ge=0, description="Largest mean KL(PyTorch‖ONNX) per token, in nats.")
+    max_perplexity_increase: float = Field(
+        0.02, ge=0, description="Largest relative perplexity rise of ONNX over PyTorch (0.05 = +5%)."
+    )
+
+
+class Int4Gate(Int8Gate):
+    min_top1_agreement: float = Field(
+        0.9, ge=0, le=1, description="Least fraction of positions where ONNX and PyTorch pick the same top token."
+    )
+    max_kl: float = Field(0.1, ge=0, description="Largest mean KL(PyTorch‖ONNX) per token, in nats.")
+    max_perplexity_increase: float = Field(
+        0.1, ge=0, description="Largest relative perplexity rise of ONNX over PyTorch (0.05 = +5%)."
+    )
+
+
+class Gate(Section):
+    tokens: int = Field(4096, gt=0, description="Held-out next-token positions measured per precision (at most).")
+    fp32_max_abs_logit_diff: float = Field(1e-3, gt=0, description="Largest |ONNX − PyTorch| logit allowed at fp32.")
+    int8: Int8Gate = Field(default_factory=Int8Gate, description="Thresholds for the int8 export.")
+    int4: Int4Gate = Field(default_factory=Int4Gate, description="Thresholds for the int4 export.")
+
+
 class Export(Section):
     precisions: list[Literal["fp32", "int8", "int4"]] | None = Field(
         None, description="ONNX precisions to write; default fp32+int4 (causal-lm) or fp32+int8 (embedding)."
@@ -158,6 +185,21 @@ class Export(Section):
     )
     parity_examples: int = Field(4, gt=0, description="Held-out examples used when `parity_prompts` is empty.")
     parity_max_new_tokens: int = Field(16, gt=0, description="Greedy tokens compared ONNX vs PyTorch (causal-lm).")
+    gate: Gate = Field(
+        default_factory=Gate, description="Causal-lm: quality each precision must keep against PyTorch on held-out tokens."
+    )
+    int4_lm_head: Literal["int8", "int4"] = Field(
+        "int8", description="Causal-lm int4: bits of the output projection (8 keeps the most sensitive MatMul finer)."
+    )
+    targets: list[Literal["cpu", "mobile"]] = Field(
+        ["cpu"], description="Causal-lm: `mobile` adds mobile/, the int4 folder as an ORT-format model for phones."
+    )
+    max_length: int | None = Field(
+        None, gt=1, description="Longest prompt + output of the exported folders; default the model's context (mobile: 2048)."
+    )
+    measure: bool = Field(
+        True, description="Causal-lm: size, load time, time to first token, decode tokens/s and peak RSS per folder."
+    )
 
 
 class Serve(Section):
@@ -212,6 +254,8 @@ class Recipe(Section):
                 raise ValueError("export.precisions: int4 is for causal-lm students; embedding students take fp32, int8")
             if self.data.prompt_field is not None or self.data.messages_field is not None:
                 raise ValueError("data: embedding recipes take `text_field`, not prompt/response or messages fields")
+        if "mobile" in self.export.targets and (self.task != "causal-lm" or "int4" not in self.export.precisions):
+            raise ValueError("export.targets: mobile is made from the int4 causal-lm export; add int4 to export.precisions")
         if self.student.from_teacher is not None and self.task != "embedding":
             raise ValueError("student.from_teacher is available for embedding recipes")
         return self

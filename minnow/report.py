@@ -134,11 +134,68 @@ def markdown(report: dict) -> str:
         lines += ["## Export", ""]
         rows = [[prec, v["path"], _mb(v["size_bytes"]), _parity(v["parity"])] for prec, v in e.items()]
         lines += _table(["precision", "folder", "size", "parity with PyTorch"], rows)
+        lines += _gate(e)
+        lines += _mobile(e.get("mobile"))
+        lines += _figures(e)
     if report.get("variants"):
         lines += _variants(report["variants"], report.get("task"))
     if report.get("cost"):
         lines += _cost(report["cost"])
     return "\n".join(lines)
+
+
+def _gate(e: dict) -> list[str]:
+    gated = {prec: v["gate"] for prec, v in e.items() if isinstance(v, dict) and "gate" in v}
+    if not gated:
+        return []
+    tokens = next(iter(gated.values()))["tokens"]
+    lines = [
+        "### Quality gate (onnxruntime-genai vs PyTorch)",
+        "",
+        f"Every next-token position of the held-out examples ({tokens} tokens), fed whole to each model. Passed.",
+        "",
+    ]
+    keys = ["top1_agreement", "kl", "perplexity_pytorch", "perplexity_onnx", "perplexity_increase", "max_abs_logit_diff"]
+    rows = [[prec, *(g[k] for k in keys), _thresholds(g["thresholds"])] for prec, g in gated.items()]
+    header = ["precision", "top-1 agreement", "KL(PyTorch‖ONNX)", "perplexity PyTorch", "perplexity ONNX", "perplexity change", "max abs logit diff", "thresholds"]
+    return lines + _table(header, rows)
+
+
+def _figures(e: dict) -> list[str]:
+    measured = {name: v["figures"] for name, v in e.items() if isinstance(v, dict) and "figures" in v}
+    if not measured:
+        return []
+    first = next(iter(measured.values()))
+    lines = [
+        "### Speed and memory (onnxruntime-genai, CPU)",
+        "",
+        f"One process per folder and thread count; prompts of {first['prompt_64_tokens']} and {first['prompt_512_tokens']} "
+        "tokens (512 is cut to the context when it is shorter); decode over 31 tokens after the shorter prompt.",
+        "",
+    ]
+    keys = ["load_s", "ttft_64_ms", "ttft_512_ms", "decode_tokens_per_s_1_thread", "decode_tokens_per_s_2_threads", "peak_rss_mb"]
+    rows = [[name, _mb(f["size_bytes"]), *(f[k] for k in keys)] for name, f in measured.items()]
+    header = ["artefact", "size", "load s", "TTFT 64 ms", "TTFT 512 ms", "decode tok/s 1 thread", "decode tok/s 2 threads", "peak RSS MB"]
+    return lines + _table(header, rows)
+
+
+def _mobile(m: dict | None) -> list[str]:
+    if not m:
+        return []
+    u = m["usability"]
+    eps = ", ".join(f"{ep}: {'yes' if ok else 'no'}" for ep, ok in u["accelerators_recommended"].items())
+    return [
+        "### Phone artefact",
+        "",
+        f"`{m['path']}/`: the int4 model as `{m['model']}` (ORT format) with `{m['operators_config']}` for a reduced "
+        f"onnxruntime build; max_length {m['max_length']}. Mobile-usability checker: {u['verdict']} "
+        f"(accelerator worth trying as is — {eps or 'none checked'}). Not run on a phone here.",
+        "",
+    ]
+
+
+def _thresholds(t: dict) -> str:
+    return ", ".join(f"{name} {'≥' if 'min' in limit else '≤'} {_fmt(next(iter(limit.values())))}" for name, limit in t.items())
 
 
 def _parity(p: dict) -> str:

@@ -8,12 +8,14 @@ import numpy as np
 import onnxruntime_genai as og
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+import onnx
+from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, T5Config, T5ForConditionalGeneration
 
 from export import causal_lm
 from export.causal_lm import check_parity, encode_prompt, export_causal_lm, load_model, stream_generate
 from minnow.errors import MinnowError
-from tiny_models import make_pair
+from minnow.recipe import Gate
+from tiny_models import make_pair, support_tickets
 
 PROMPTS = ["My printer will not charge. What should I do?", "My router is very slow. What should I do?"]
 
@@ -29,16 +31,16 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def qwen(tmp_path_factory) -> dict:
-    """The trained tiny Qwen2 teacher (standing in for a merged student), exported at fp32 and int4."""
+    """The trained tiny Qwen2 teacher (standing in for a merged student), exported at fp32, int8 and int4."""
     root = tmp_path_factory.mktemp("qwen")
     pair = make_pair(root / "models")
-    results = export_causal_lm(pair["teacher"], root / "onnx", ["fp32", "int4"], PROMPTS, max_new_tokens=16)
+    results = export_causal_lm(pair["teacher"], root / "onnx", ["fp32", "int8", "int4"], PROMPTS, max_new_tokens=16)
     return {**pair, "onnx": root / "onnx", "results": results}
 
 
 def test_exports_one_complete_folder_per_precision(qwen):
-    assert set(qwen["results"]) == {"fp32", "int4"}
-    assert sorted(p.name for p in qwen["onnx"].iterdir()) == ["fp32", "int4"]  # no temporary folders left
+    assert set(qwen["results"]) == {"fp32", "int8", "int4"}
+    assert sorted(p.name for p in qwen["onnx"].iterdir()) == ["fp32", "int4", "int8"]  # no temporary folders left
     for precision, result in qwen["results"].items():
         folder = qwen["onnx"] / precision
         assert result["path"] == f"onnx/{precision}"
@@ -79,6 +81,32 @@ def test_int4_is_smaller_and_reports_agreement(qwen):
     assert 0 <= int4["parity"]["exact_matches"] <= len(PROMPTS)
 
 
+def test_int8_and_int4_are_weight_only_matmulnbits_with_an_8bit_lm_head(qwen):
+    int8, int4 = matmul_bits(qwen["onnx"] / "int8"), matmul_bits(qwen["onnx"] / "int4")
+    assert set(int8) == {8} and len(int8) == len(int4) == 5 * 4 + 1  # qkv, o, gate, up, down in 4 layers; lm_head
+    assert set(int4[:-1]) == {4} and int4[-1] == 8
+    assert qwen["results"]["int4"]["size_bytes"] < qwen["results"]["int8"]["size_bytes"] < qwen["results"]["fp32"]["size_bytes"]
+
+
+def test_tied_embeddings_are_stored_once_at_int4(qwen, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(qwen["teacher"])
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "tied")
+    tokenizer.save_pretrained(tmp_path / "tied")
+    sequences = chat_sequences(tmp_path / "tied")
+    results = export_causal_lm(tmp_path / "tied", tmp_path / "onnx", ["int4"], PROMPTS, 8, gate=Gate(), gate_sequences=sequences)
+    graph = onnx.load(tmp_path / "onnx" / "int4" / "model.onnx", load_external_data=False).graph
+    vocab_sized = [t.name for t in graph.initializer if t.dims and t.dims[0] == len(tokenizer)]
+    assert vocab_sized == ["lm_head.MatMul.weight_Q8", "lm_head.MatMul.weight_scales"]  # one 8-bit table, no fp32 copy
+    (lookup,) = [n for n in graph.node if n.op_type == "GatherBlockQuantized"]
+    assert {"lm_head.MatMul.weight_scales"} <= set(lookup.input)
+    assert results["int4"]["gate"]["top1_agreement"] >= 0.9
+
+
 def test_stream_generate_streams_ints_and_caches_the_model(qwen):
     folder = qwen["onnx"] / "fp32"
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -101,16 +129,87 @@ def test_parity_against_another_model_raises(qwen):
         check_parity(qwen["onnx"] / "fp32", qwen["student"], PROMPTS[:1], max_new_tokens=8)
 
 
-def test_llama_fp32_matches_pytorch(tmp_path):
+def chat_sequences(model_dir, n: int = 6) -> list[list[int]]:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = support_tickets(n, seed=7)
+    chats = [[{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}] for r in rows]
+    return [list(tokenizer.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"]) for c in chats]
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory) -> dict:
+    """A trained tiny GPT-2 (not known to the builder: exported through torch.onnx) at fp32, int8 and int4."""
+    root = tmp_path_factory.mktemp("gpt2")
+    pair = make_pair(root / "models", arch="gpt2", teacher_steps=40)
+    sequences = chat_sequences(pair["teacher"])
+    results = export_causal_lm(
+        pair["teacher"], root / "onnx", ["fp32", "int8", "int4"], PROMPTS, 12, gate=Gate(), gate_sequences=sequences
+    )
+    return {**pair, "onnx": root / "onnx", "results": results, "sequences": sequences}
+
+
+def test_llama_fp32_matches_pytorch_tokens_and_logits(tmp_path):
     pair = make_pair(tmp_path / "models", arch="llama", teacher_steps=40)
-    results = export_causal_lm(pair["teacher"], tmp_path / "onnx", ["fp32"], PROMPTS[:1], max_new_tokens=12)
-    assert results["fp32"]["parity"]["exact_matches"] == 1
+    sequences = chat_sequences(pair["teacher"])
+    results = export_causal_lm(
+        pair["teacher"], tmp_path / "onnx", ["fp32"], PROMPTS, 12, gate=Gate(), gate_sequences=sequences
+    )
+    assert_fp32_parity(results["fp32"], sequences)
+
+
+def assert_fp32_parity(result: dict, sequences: list[list[int]]) -> None:
+    """Same greedy tokens as PyTorch on every prompt, logits within 1e-3 at every held-out position."""
+    assert result["parity"]["exact_matches"] == len(PROMPTS)
+    assert result["gate"]["max_abs_logit_diff"] <= 1e-3
+    assert result["gate"]["top1_agreement"] == 1.0
+    assert result["gate"]["tokens"] == sum(len(s) - 1 for s in sequences)
+
+
+def test_gpt2_fp32_matches_pytorch_through_genai_decoder_config(gpt2):
+    assert_fp32_parity(gpt2["results"]["fp32"], gpt2["sequences"])
+    config = json.loads((gpt2["onnx"] / "fp32" / "genai_config.json").read_text())
+    assert config["model"]["type"] == "decoder" and config["model"]["decoder"]["num_hidden_layers"] == 4
+    names = [i.name for i in onnx.load(gpt2["onnx"] / "fp32" / "model.onnx", load_external_data=False).graph.input]
+    assert names == ["input_ids", "attention_mask", "position_ids"] + [
+        f"past_key_values.{i}.{kv}" for i in range(4) for kv in ("key", "value")
+    ]
+
+
+def test_gpt2_quantized_through_matmulnbits(gpt2):
+    int8, int4 = matmul_bits(gpt2["onnx"] / "int8"), matmul_bits(gpt2["onnx"] / "int4")
+    assert set(int8) == {8} and set(int4) == {4} and len(int8) == len(int4) == 4 * 4  # 4 MatMuls in each of 4 blocks
+    graph = onnx.load(gpt2["onnx"] / "int4" / "model.onnx", load_external_data=False).graph
+    (head,) = [n for n in graph.node if "logits" in n.output]
+    (transpose,) = [n for n in graph.node if head.input[1] in n.output]
+    vocab = len(AutoTokenizer.from_pretrained(gpt2["teacher"]))
+    (table,) = [t for t in graph.initializer if t.dims and t.dims[0] == vocab]
+    assert transpose.input[0] == table.name  # GPT-2's tied lm_head reads the embedding table: stored once, in fp32
+    results = gpt2["results"]
+    assert results["int4"]["size_bytes"] < results["int8"]["size_bytes"] < results["fp32"]["size_bytes"]
+    assert results["int8"]["gate"]["top1_agreement"] >= 0.98 and results["int4"]["gate"]["top1_agreement"] >= 0.9
+    ids = encode_prompt(AutoTokenizer.from_pretrained(gpt2["teacher"]), PROMPTS[0])
+    assert len(list(stream_generate(gpt2["onnx"] / "int4", ids, 4))) >= 1
+
+
+def matmul_bits(folder) -> list[int]:
+    """Bits of each MatMulNBits node in graph order, after checking block size 32 and accuracy level 4."""
+    graph = onnx.load(folder / "model.onnx", load_external_data=False).graph
+    bits = []
+    for node in graph.node:
+        if node.op_type == "MatMulNBits":
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            assert attrs["block_size"] == 32 and attrs["accuracy_level"] == 4, node.name
+            bits.append(attrs["bits"])
+    assert not [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in {t.name for t in graph.initializer}]
+    return bits
 
 
 def test_unsupported_architecture_is_named(tmp_path):
-    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)).save_pretrained(tmp_path / "gpt2")
-    with pytest.raises(MinnowError, match="GPT2LMHeadModel.*supported:.*Qwen2ForCausalLM"):
-        export_causal_lm(tmp_path / "gpt2", tmp_path / "onnx", ["fp32"], PROMPTS)
+    T5ForConditionalGeneration(T5Config(num_layers=1, d_model=32, d_kv=8, num_heads=2, d_ff=64, vocab_size=64)).save_pretrained(
+        tmp_path / "t5"
+    )
+    with pytest.raises(MinnowError, match="T5ForConditionalGeneration.*not a decoder-only.*supported:.*Qwen2ForCausalLM.*GPT2"):
+        export_causal_lm(tmp_path / "t5", tmp_path / "onnx", ["fp32"], PROMPTS)
     assert not (tmp_path / "onnx").exists()
 
 

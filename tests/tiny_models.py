@@ -2,7 +2,7 @@
 
 A byte-level BPE tokenizer is trained on the fly on synthetic support-ticket text; the teacher (Qwen2
 architecture, wider and deeper) is trained briefly on that text so that it is not random; the student is a
-smaller, untrained Qwen2 (or Llama) sharing the tokenizer.
+smaller, untrained Qwen2 (or Llama, or GPT-2) sharing the tokenizer.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast, Qwen2Config
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedTokenizerFast, Qwen2Config
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -72,6 +72,18 @@ def _config(arch: str, vocab: int, hidden: int, layers: int, tok: PreTrainedToke
         bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
         tie_word_embeddings=False,
     )
+    if arch == "gpt2":
+        return GPT2Config(
+            vocab_size=vocab,
+            n_embd=hidden,
+            n_inner=hidden * 2,
+            n_layer=layers,
+            n_head=4,
+            n_positions=256,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
+        )
     return Qwen2Config(**common) if arch == "qwen2" else LlamaConfig(**common)
 
 
