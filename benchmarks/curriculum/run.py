@@ -340,17 +340,17 @@ def summarise(results: list[dict], args, teacher_held: float) -> None:
         f"Command: `nice -n 10 .venv/bin/python benchmarks/curriculum/run.py{' --quick' if args.quick else ''}` (or one "
         "process per `--noise` level, then `--summarise`) "
         f"({args.seeds} seeds, {args.steps} steps of {BATCH} examples, pool {POOL}, held-out {HELDOUT} clean documents, "
-        f"teacher {args.teacher_steps} steps, teacher clean held-out NLL {teacher_held:.3f}). CPU, 2 threads, on a machine "
+        f"teacher {args.teacher_steps} steps, teacher clean held-out NLL {teacher_held:.3f}). CPU, 1 thread per process, two processes side by side, at nice 10 on a 2-core machine "
         "shared with other jobs: seconds are noisy, ratios are measured within one run.",
         "",
         "Speedup = steps for the uniform arm's EMA of clean held-out NLL to reach its final value, over the steps this arm "
-        "needs (0 = never reached). Net = the same with the scoring seconds added as uniform-step equivalents: `net` charges "
+        "needs (0 = never reached within the run; `reached` counts the seeds where it was). Net = the same with the scoring seconds added as uniform-step equivalents: `net` charges "
         "the teacher pass over the pool; `net (logit cache)` counts it as shared with the KD logit cache (the teacher's "
         "logits are needed for distillation anyway) and charges only near-duplicate search and online scoring. "
         "Mean over seeds [bootstrap 95% interval].",
         "",
-        "| noise | arm | speedup | net | net (logit cache) | final clean NLL | vs uniform | corrupted trained | scoring (step-equiv.) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| noise | arm | reached | speedup | net | net (logit cache) | final clean NLL | vs uniform | corrupted trained | scoring (step-equiv.) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def fmt(values, pct=False):
@@ -363,7 +363,7 @@ def summarise(results: list[dict], args, teacher_held: float) -> None:
                 continue
             row = table[(noise, arm)]
             lines.append(
-                f"| {noise:.0%} | {arm} | {fmt(row['speedup'])} | {fmt(row['net'])} | {fmt(row['net_shared'])} | "
+                f"| {noise:.0%} | {arm} | {sum(x > 0 for x in row['speedup'])}/{len(row['speedup'])} | {fmt(row['speedup'])} | {fmt(row['net'])} | {fmt(row['net_shared'])} | "
                 f"{np.mean(row['final']):.4f} | {fmt(row['final_rel'], pct=True)} | {np.mean(row['corrupted']):.1%} | "
                 f"{np.mean(row['cost_steps']):.0f} |"
             )
