@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from rich.console import Console
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from minnow import atomic
 from minnow.recipe import Recipe
@@ -44,12 +46,27 @@ def training_arguments(recipe: Recipe, output_dir: Path, device: torch.device, *
     return TrainingArguments(**(args | overrides))
 
 
+def last_complete_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest checkpoint the Trainer finished writing: its trainer_state.json, written last, reads back.
+
+    A process killed while saving leaves a checkpoint folder without it; the one before is used instead.
+    """
+    found = sorted(checkpoints.glob(f"{PREFIX_CHECKPOINT_DIR}-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
+    for folder in reversed(found):
+        try:
+            json.loads((folder / TRAINER_STATE_NAME).read_text())
+        except (OSError, ValueError):
+            continue
+        return folder
+    return None
+
+
 def train_resuming(trainer: Trainer, checkpoints: Path) -> None:
-    """Train, continuing from the newest checkpoint when an earlier attempt left one."""
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    """Train, continuing from the newest complete checkpoint when an earlier attempt left one."""
+    last = last_complete_checkpoint(checkpoints) if checkpoints.is_dir() else None
     if last:
-        Console(stderr=True).print(f"resuming from {Path(last).name}")
-    trainer.train(resume_from_checkpoint=last)
+        Console(stderr=True).print(f"resuming from {last.name}")
+    trainer.train(resume_from_checkpoint=str(last) if last else None)
 
 
 def save_pretrained(model, tokenizer, folder: Path) -> None:

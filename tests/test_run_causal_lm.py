@@ -71,7 +71,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_pair, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "minnow", "run", str(path)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not list((tmp_path / "runs").glob("*/checkpoints/checkpoint-10")) and time.time() < deadline:
+    while not list((tmp_path / "runs").glob("*/checkpoints/checkpoint-10/trainer_state.json")) and time.time() < deadline:
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -84,3 +84,14 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_pair, tmp_path):
     assert resumed_at >= 10
     report = json.loads((run_dir / "report.json").read_text())
     assert report["distill"]["steps"] == 30 and report["export"]["fp32"]["parity"]["token_agreement"] == 1.0
+
+
+def test_resume_skips_a_checkpoint_killed_while_being_written(tmp_path):
+    from distill.training import last_complete_checkpoint
+
+    for step, state in ((5, "{}"), (10, '{"global_step": 10}'), (15, '{"global_st'), (20, None)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if state is not None:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
+    assert last_complete_checkpoint(tmp_path / "checkpoint-20") is None
