@@ -13,9 +13,8 @@ dropped, and the score of each step's examples).
 
 from __future__ import annotations
 
+import io
 import math
-import os
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.data import Sampler
 
+from minnow import atomic
 from minnow.errors import MinnowError
 from minnow.recipe import Curriculum, Data
 
@@ -209,12 +209,10 @@ def plan_curriculum(
 
 def draw_plot(path: Path, plan: Plan, schedule: list[list[int]]) -> None:
     """Score histogram split into kept and each reason for dropping, and the mean score of each step's examples."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (hist, steps) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig = Figure(figsize=(10, 3.6), layout="tight")
+    hist, steps = fig.subplots(1, 2)
     groups = {"kept": [plan.key[plan.ids[p]] for p in plan.ranking]}
     for id_, reason in sorted(plan.dropped.items()):
         groups.setdefault(f"dropped: {reason}", []).append(plan.key[id_])
@@ -225,16 +223,9 @@ def draw_plot(path: Path, plan: Plan, schedule: list[list[int]]) -> None:
         means = [sum(plan.key[plan.ids[i]] for i in batch) / len(batch) for batch in schedule]
         steps.plot(range(1, len(means) + 1), means, lw=1)
     steps.set(xlabel="optimizer step", ylabel="mean ranking key of the step's examples", title=f"schedule: {plan.cfg.order}")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=110)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
+    atomic.write_bytes(path, png.getvalue())
 
 
 def causal_scorers(
