@@ -136,5 +136,5 @@ def test_run_reports_figures_per_artefact(tiny_run: Path) -> None:
         assert figures["prompt_64_tokens"] == 64 and 64 < figures["prompt_512_tokens"] < 256  # the context is 256
         assert figures["ttft_512_ms"] > 0 and figures["ttft_64_ms"] > 0 and figures["load_s"] > 0
         assert figures["decode_tokens_per_s_1_thread"] > 0 and figures["decode_tokens_per_s_2_threads"] > 0
-        assert 20 < figures["peak_rss_mb"] < 2000
+        assert 20 < figures["peak_rss_mb"] < 300  # the folder's own process, not the 600 MB `minnow run` that started it
     assert "Speed and memory" in (tiny_run / "report.md").read_text()
