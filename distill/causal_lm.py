@@ -16,7 +16,7 @@ from minnow.rundir import RunDir
 
 from .data import Example, split_examples
 from .evaluate import evaluate_causal, teacher_nll
-from .losses import IGNORE_INDEX
+from .losses import IGNORE_INDEX, divergence
 from .quality import cached_scores, training_order
 from .trainer import LogitDistillTrainer
 from .training import pick_device, save_pretrained, train_resuming, training_arguments
@@ -187,6 +187,7 @@ def distill_causal_lm(run: RunDir) -> dict:
         teacher=teacher,
         temperature=cfg.temperature,
         ce_weight=cfg.ce_weight,
+        div=divergence(cfg.loss, cfg.jsd_beta, cfg.skew_alpha),
     )
     started = time.perf_counter()
     train_resuming(trainer, run.checkpoints)

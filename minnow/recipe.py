@@ -98,6 +98,12 @@ class Data(Section):
 
 class Distill(Section):
     temperature: float = Field(2.0, gt=0, description="Softmax temperature of the KD term (Hinton et al. 2015).")
+    loss: Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl"] = Field(
+        "forward_kl",
+        description="Causal-LM KD divergence: forward KL (Hinton), reverse KL (MiniLLM), JSD(β) (GKD), skew KLs (DistiLLM).",
+    )
+    jsd_beta: float = Field(0.5, gt=0, lt=1, description="β of `loss: jsd`: mixture weight of the teacher (GKD).")
+    skew_alpha: float = Field(0.1, gt=0, lt=1, description="α of `loss: skew_kl`/`skew_reverse_kl` (DistiLLM).")
     ce_weight: float = Field(0.5, ge=0, le=1, description="Weight of cross-entropy on the data; KD gets 1 - ce_weight.")
     embedding_loss: Literal["mse", "cosine", "mse+cosine"] = Field(
         "mse+cosine", description="Embedding task: loss between student and teacher sentence embeddings."
