@@ -38,6 +38,15 @@ def distill(run: RunDir) -> None:
         run.update_report("distill", section)
 
 
+def teacher_cache(run: RunDir) -> None:
+    """Run the teacher once over train and held-out data and keep its top-k logits in teacher_cache/."""
+    from distill.causal_lm import cache_teacher
+
+    console.rule(f"[bold]teacher-cache[/] {run.recipe.teacher.path} → {run.teacher_cache.name}/")
+    _, info = cache_teacher(run)
+    run.update_report("teacher_cache", info)
+
+
 def export(run: RunDir) -> None:
     recipe = run.recipe
     report = run.report()
