@@ -14,7 +14,7 @@ from conftest import run_minnow, tiny_recipe, write_recipe
 
 
 def test_two_processes_match_one_process_with_doubled_grad_accum(tiny_pair, tmp_path):
-    recipe = tiny_recipe(tiny_pair, tmp_path / "one")
+    recipe = tiny_recipe(tiny_pair, tmp_path / "one", curriculum={"order": "random"})
     recipe["distill"] |= {"steps": 4, "batch_size": 4, "grad_accum": 2, "save_steps": 100, "device": "cpu"}
     one = run_minnow("distill", str(write_recipe(tmp_path / "one.yaml", recipe)))
     assert one.returncode == 0, one.stderr[-3000:]
