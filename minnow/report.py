@@ -51,7 +51,8 @@ def _engine(d: dict) -> list[str]:
         how = f"built in {cache['built_seconds']} s" if cache.get("built_seconds") else "reused"
         lines.append(
             f"Teacher logits from `{cache['folder']}/` (top-{cache['top_k']} + tail, {how}, provenance {cache['hash'][:12]}); "
-            "the teacher was not loaded for training, and held-out KL is over the top-k tokens plus a tail bucket."
+            + ("on-policy steps loaded the teacher" if (d.get("loss") or {}).get("on_policy_fraction") else "the teacher was not loaded for training")
+            + ", and held-out KL is over the top-k tokens plus a tail bucket."
         )
     if d.get("tokenizer"):
         lines.append(f"Tokenizer: {d['tokenizer']['tokens']} tokens; chat template: {d['tokenizer']['chat_template']}.")
