@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import time
+from typing import Callable, NamedTuple
 
 import jinja2
 import torch
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
+from rich.console import Console
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
+from minnow import atomic
 from minnow.errors import MinnowError
 from minnow.recipe import Recipe, Student, Teacher
 from minnow.rundir import RunDir
 
 from .data import Example, split_examples
 from .curriculum import causal_learnability, causal_scorers, example_text, plan_curriculum
-from .evaluate import evaluate_causal
-from .losses import IGNORE_INDEX
+from .evaluate import batches, evaluate_cached, evaluate_causal
+from .generate import cached_responses, generate
+from .losses import IGNORE_INDEX, divergence
+from .prune import derive_causal_student
 from .schedules import scheduled
+from .teacher_cache import CachedTeacherCollator, TeacherCache, ensure_cache
 from .trainer import LogitDistillTrainer
 from .training import pick_device, save_pretrained, train_resuming, training_arguments
 
+RESPONSES_FILE = "data/teacher_responses.jsonl"
+STUDENT_INIT = "student_init"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -47,6 +57,24 @@ def check_tokenizers(teacher_path: str, student_tok: PreTrainedTokenizerBase) ->
             f"teacher tokenizer ({teacher_path}, {len(teacher_tok)} tokens) and student tokenizer "
             f"({student_tok.name_or_path}, {len(student_tok)} tokens) differ; logit distillation needs the same one"
         )
+
+
+def chat_template_difference(teacher_path: str, student_tok: PreTrainedTokenizerBase) -> str | None:
+    """A sentence saying how the teacher's chat template differs from the student's, or None when they agree.
+
+    Data are rendered with the student's template, so a teacher trained on another one sees unfamiliar framing.
+    """
+    teacher = AutoTokenizer.from_pretrained(teacher_path).chat_template
+    student = student_tok.chat_template
+    if teacher == student:
+        return None
+    if not teacher or not student:
+        which = "teacher" if not teacher else "student"
+        return f"chat templates: the {which} tokenizer has none; data are rendered with the student's"
+    return (
+        f"chat templates differ (teacher {teacher_path}, student {student_tok.name_or_path}); data are rendered with "
+        "the student's, which the teacher may not expect"
+    )
 
 
 def tokenize(ex: Example, tok: PreTrainedTokenizerBase, chat_template: bool, max_len: int) -> dict:
@@ -136,32 +164,141 @@ def prompt_text(ex: Example, tok: PreTrainedTokenizerBase, chat_template: bool) 
     return ex["prompt"]
 
 
-def distill_causal_lm(run: RunDir) -> dict:
-    recipe: Recipe = run.recipe
+class Prepared(NamedTuple):
+    tok: PreTrainedTokenizerBase
+    heldout: list[Example]
+    train_rows: list[dict]
+    eval_rows: list[dict]
+    counts: dict[str, int]
+    collate: DataCollatorForSeq2Seq
+    chat_template_note: str | None
+    train: list[Example]
+
+
+def prepare(recipe: Recipe, rewrite: Callable[[list[Example], PreTrainedTokenizerBase], list[Example]] | None = None) -> Prepared:
+    """Tokenizer check, then train and held-out examples tokenized with their trained-token labels.
+
+    ``rewrite`` may replace the training examples first (sequence-level KD swaps in the teacher's responses).
+    """
     cfg = recipe.distill
-    device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    tok = AutoTokenizer.from_pretrained(recipe.student.path, revision=recipe.student.revision)
+    from_teacher = recipe.student.from_teacher is not None
+    tok = AutoTokenizer.from_pretrained(
+        recipe.teacher.path if from_teacher else recipe.student.path,
+        revision=recipe.teacher.revision if from_teacher else recipe.student.revision,
+    )
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     check_tokenizers(recipe.teacher.path, tok)
+    template = chat_template_difference(recipe.teacher.path, tok)
+    if template and recipe.data.chat_template:
+        Console(stderr=True).print(f"[yellow]warning:[/] {template}", highlight=False, soft_wrap=True)
 
     train, heldout, counts = split_examples(recipe)
+    if rewrite is not None:
+        train = rewrite(train, tok)
     encode = lambda ex: tokenize(ex, tok, recipe.data.chat_template, cfg.max_seq_len)  # noqa: E731
     train_rows = [r for r in map(encode, train) if any(x != IGNORE_INDEX for x in r["labels"][1:])]
     eval_rows = [r for r in map(encode, heldout) if any(x != IGNORE_INDEX for x in r["labels"][1:])]
     if not train_rows or not eval_rows:
         raise MinnowError("data: no example has response tokens left after truncation to distill.max_seq_len")
     collate = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
+    return Prepared(tok, heldout, train_rows, eval_rows, counts, collate, template, train)
 
-    teacher = load_causal_lm(recipe.teacher, device).eval()
-    student = load_causal_lm(recipe.student, device)
 
-    ids = [r["id"] for r in train_rows]
-    texts = {ex["id"]: example_text(ex) for ex in train}
-    scorers = causal_scorers(teacher, student, train_rows, collate, cfg.eval_batch_size, device)
-    plan = plan_curriculum(recipe.curriculum, recipe.task, recipe.data, run.path, run.scores, ids, [texts[i] for i in ids], scorers)
-    before = evaluate_causal(student, teacher, eval_rows, collate, cfg.eval_batch_size, device)
+def teacher_responses(run: RunDir, teacher: Callable[[], torch.nn.Module], device: torch.device):
+    """The rewrite of sequence-level KD: each training example's response replaced by the teacher's own."""
+    recipe, cfg = run.recipe, run.recipe.distill
+
+    def rewrite(train: list[Example], tok: PreTrainedTokenizerBase) -> list[Example]:
+        if any("prompt" not in ex for ex in train):
+            raise MinnowError("distill.mode: sequence needs prompt/response data (data.prompt_field, data.response_field)")
+        write = lambda chunk: generate(  # noqa: E731
+            teacher(), tok, [ex["prompt"] for ex in chunk], recipe.data.chat_template, cfg.max_new_tokens,
+            cfg.generation_temperature, cfg.eval_batch_size, device,
+        )
+        responses = cached_responses(run.path / RESPONSES_FILE, train, write)
+        return [ex | {"response": responses[ex["id"]]} for ex in train]
+
+    return rewrite
+
+
+def _prepared_with_teacher(run: RunDir, device: torch.device):
+    """Prepared rows and a memoised teacher loader (the teacher is loaded at most once, only when needed)."""
+    recipe = run.recipe
+    teacher = functools.cache(lambda: load_causal_lm(recipe.teacher, device).eval())
+    rewrite = teacher_responses(run, teacher, device) if recipe.distill.mode == "sequence" else None
+    return prepare(recipe, rewrite), teacher
+
+
+def cache_teacher(run: RunDir, prepared: Prepared | None = None, teacher: Callable | None = None) -> tuple[TeacherCache, dict]:
+    """The run's teacher cache over train and held-out rows: reused when current, else built with the teacher."""
+    recipe = run.recipe
+    device = pick_device(recipe.distill.device)
+    if prepared is None:
+        prepared, teacher = _prepared_with_teacher(run, device)
+    p = prepared
+    return ensure_cache(run.teacher_cache, recipe, p.tok, p.train_rows + p.eval_rows, teacher, p.collate, device)
+
+
+def student_from_teacher(run: RunDir, teacher: Callable[[], torch.nn.Module], p: Prepared, device: torch.device):
+    """The pruned copy of the teacher the recipe asks for, saved once in ``student_init/`` (a resumed run reuses it)."""
+    recipe = run.recipe
+    spec, folder = recipe.student.from_teacher, run.path / STUDENT_INIT
+    info_file = folder / "minnow_pruning.json"
+    if not info_file.is_file():
+        rows = p.train_rows[: spec.importance_examples]
+        model, info = derive_causal_student(teacher(), spec, list(batches(rows, p.collate, recipe.distill.eval_batch_size, device)))
+        with atomic.output_dir(folder) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            p.tok.save_pretrained(tmp)
+            (tmp / info_file.name).write_text(json.dumps(info, indent=2))
+        del model
+    student = recipe.student.model_copy(update={"path": str(folder), "from_teacher": None})
+    return student, json.loads(info_file.read_text())
+
+
+def distill_causal_lm(run: RunDir) -> dict:
+    recipe: Recipe = run.recipe
+    cfg = recipe.distill
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    args = training_arguments(recipe, run.checkpoints, device, remove_unused_columns=not cfg.teacher_cache)
+    with args.main_process_first(local=False, desc="teacher responses, pruning, teacher cache and scores"):
+        # several processes: rank 0 writes these run-dir files first, the others then read them
+        prepared, load_teacher = _prepared_with_teacher(run, device)
+        tok, heldout, train_rows, eval_rows, counts, collate, template, train = prepared
+
+        student_spec, derived = recipe.student, None
+        if recipe.student.from_teacher is not None:
+            student_spec, derived = student_from_teacher(run, load_teacher, prepared, device)
+        cache, cache_info = None, None
+        if cfg.teacher_cache:
+            cache, cache_info = cache_teacher(run, prepared, load_teacher)
+            load_teacher.cache_clear()  # training reads the cache; the teacher's memory goes back
+            teacher = None
+            if cfg.on_policy_fraction > 0:
+                Console(stderr=True).print(
+                    "[yellow]warning:[/] distill.on_policy_fraction > 0: the teacher scores the student's own continuations, "
+                    "so it is loaded next to the student although its logits are cached", highlight=False, soft_wrap=True,
+                )
+                teacher = load_teacher()
+            train_collate = CachedTeacherCollator(collate, cache, cfg.temperature)
+            evaluate = lambda model: evaluate_cached(  # noqa: E731
+                model, eval_rows, CachedTeacherCollator(collate, cache, 1.0, with_nll=True), cfg.eval_batch_size, device
+            )
+        else:
+            teacher = load_teacher()
+            train_collate = collate
+            evaluate = lambda model: evaluate_causal(model, teacher, eval_rows, collate, cfg.eval_batch_size, device)  # noqa: E731
+        student = load_causal_lm(student_spec, device)
+
+        ids = [r["id"] for r in train_rows]
+        texts = {ex["id"]: example_text(ex) for ex in train}
+        scorers = causal_scorers(cache or teacher, student, train_rows, collate, cfg.eval_batch_size, device)
+        plan = plan_curriculum(
+            recipe.curriculum, recipe.task, recipe.data, run.path, run.scores, ids, [texts[i] for i in ids], scorers
+        )
+    before = evaluate(student)
 
     if recipe.lora is not None:
         student = get_peft_model(
@@ -174,18 +311,20 @@ def distill_causal_lm(run: RunDir) -> dict:
                 task_type="CAUSAL_LM",
             ),
         )
-    args = training_arguments(recipe, run.checkpoints, device)
     learnable = causal_learnability(plan, lambda: trainer.model, train_rows, collate, cfg.eval_batch_size, device)
     trainer = scheduled(LogitDistillTrainer)(
         sampler=plan.sampler(cfg.steps, args.train_batch_size * cfg.grad_accum * args.world_size, cfg.seed, learnable),
         model=student,
         args=args,
         train_dataset=Dataset.from_list(train_rows),
-        data_collator=collate,
+        data_collator=train_collate,
         processing_class=tok,
         teacher=teacher,
         temperature=cfg.temperature,
         ce_weight=cfg.ce_weight,
+        div=divergence(cfg.loss, cfg.jsd_beta, cfg.skew_alpha),
+        on_policy_fraction=cfg.on_policy_fraction,
+        max_new_tokens=cfg.max_new_tokens,
     )
     started = time.perf_counter()
     train_resuming(trainer, run.checkpoints)
@@ -194,7 +333,7 @@ def distill_causal_lm(run: RunDir) -> dict:
     if not trainer.is_world_process_zero():
         return {}
     save_pretrained(student, tok, run.student)
-    after = evaluate_causal(student, teacher, eval_rows, collate, cfg.eval_batch_size, device)
+    after = evaluate(student)
     return {
         "device": str(device),
         "examples": counts | {"train": len(train_rows), "heldout": len(eval_rows)},
@@ -203,12 +342,23 @@ def distill_causal_lm(run: RunDir) -> dict:
         "loss_log": [
             {"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e and "step" in e
         ],
-        "parameters": {"teacher": _count(teacher), "student": _count(student)},
+        "parameters": {"teacher": _count(teacher) if teacher else cache_info["teacher_parameters"], "student": _count(student)},
+        "loss": {"kd": _loss_name(cfg), "temperature": cfg.temperature, "ce_weight": cfg.ce_weight,
+                 "mode": cfg.mode, "on_policy_fraction": cfg.on_policy_fraction},
+        "teacher_responses": RESPONSES_FILE if cfg.mode == "sequence" else None,
+        "teacher_cache": cache_info if cache else None,
+        "student_from_teacher": derived,
+        "tokenizer": {"tokens": len(tok), "chat_template": template or "teacher and student agree"},
         "curriculum": plan.report(run.path),
         "eval_before": before,
         "eval": after,
         "parity_prompts": [prompt_text(ex, tok, recipe.data.chat_template) for ex in heldout],
     }
+
+
+def _loss_name(cfg) -> str:
+    extra = {"jsd": f"(β={cfg.jsd_beta})", "skew_kl": f"(α={cfg.skew_alpha})", "skew_reverse_kl": f"(α={cfg.skew_alpha})"}
+    return cfg.loss + extra.get(cfg.loss, "")
 
 
 def _count(model: torch.nn.Module) -> int:

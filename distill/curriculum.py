@@ -30,6 +30,7 @@ from minnow.recipe import Curriculum, Data
 
 from .data import BadRow, Example, _example, read_rows, stable_id
 from .schedules import FixedSchedule, OnlineSelection, ScheduleLog, in_order, paced, shuffled, soft
+from .teacher_cache import TeacherCache
 from .scorers import ScoreCache, heuristic_score, learnability, model_statistics, near_duplicates
 
 SCHEDULE_FILE = "data/schedule.jsonl"
@@ -229,12 +230,22 @@ def draw_plot(path: Path, plan: Plan, schedule: list[list[int]]) -> None:
 
 
 def causal_scorers(
-    teacher: torch.nn.Module, student: torch.nn.Module, rows: list[dict], collate: Callable, batch_size: int, device
+    teacher: torch.nn.Module | TeacherCache,
+    student: torch.nn.Module,
+    rows: list[dict],
+    collate: Callable,
+    batch_size: int,
+    device,
 ) -> dict[str, Scorer]:
-    """Causal-lm scores: one teacher pass (NLL, entropy, confidence) and one pass of the untrained student (NLL)."""
+    """Causal-lm scores: the teacher's NLL, entropy and confidence — read from its logit cache when the run has
+    one (free), else from one teacher pass — and one pass of the untrained student (NLL)."""
+    cached = isinstance(teacher, TeacherCache)
 
     def teacher_pass(pos: list[int]) -> list[dict[str, float]]:
-        stats = model_statistics(teacher, [rows[i] for i in pos], collate, batch_size, device, "teacher")
+        if cached:
+            stats = teacher.statistics([rows[i]["id"] for i in pos])
+        else:
+            stats = model_statistics(teacher, [rows[i] for i in pos], collate, batch_size, device, "teacher")
         return [{f"teacher_{k}": v for k, v in s.items()} for s in stats]
 
     def student_pass(pos: list[int]) -> list[dict[str, float]]:
@@ -242,7 +253,9 @@ def causal_scorers(
         return [{"student_nll": s["nll"]} for s in stats]
 
     return {
-        "teacher forward": Scorer("teacher-forward", ("teacher_nll", "teacher_entropy", "teacher_confidence"), teacher_pass),
+        "teacher cache" if cached else "teacher forward": Scorer(
+            "free" if cached else "teacher-forward", ("teacher_nll", "teacher_entropy", "teacher_confidence"), teacher_pass
+        ),
         "student forward": Scorer("student-forward", ("student_nll",), student_pass),
     }
 

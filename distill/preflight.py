@@ -34,21 +34,31 @@ def preflight(recipe: Recipe, ram: int | None = None) -> list[Finding]:
     """Tokenizer and memory findings for a causal-lm recipe (embedding recipes have none)."""
     if recipe.task != "causal-lm":
         return []
-    local = [p for p in (recipe.teacher.path, recipe.student.path) if Path(p).is_dir()]
+    local = [p for p in (recipe.teacher.path, student_path(recipe)) if Path(p).is_dir()]
     if len(local) < 2:
         skipped = "skipped for hub models (validate downloads nothing); compared when the run starts"
         return [Finding(f"tokenizers and memory: {skipped}")]
-    return [_tokenizers(recipe), _memory(recipe, ram or machine_ram())]
+    return [*_tokenizers(recipe), _memory(recipe, ram or machine_ram())]
 
 
-def _tokenizers(recipe: Recipe) -> Finding:
+def _tokenizers(recipe: Recipe) -> list[Finding]:
     from transformers import AutoTokenizer
 
-    from .causal_lm import check_tokenizers
+    from .causal_lm import chat_template_difference, check_tokenizers
 
-    student = AutoTokenizer.from_pretrained(recipe.student.path)
+    student = AutoTokenizer.from_pretrained(student_path(recipe))
     check_tokenizers(recipe.teacher.path, student)
-    return Finding(f"tokenizers: teacher and student share one vocabulary ({len(student)} tokens)")
+    findings = [Finding(f"tokenizers: teacher and student share one vocabulary ({len(student)} tokens)")]
+    tables = [json.loads((Path(p) / "config.json").read_text()).get("vocab_size") for p in (recipe.teacher.path, student_path(recipe))]
+    if None not in tables and tables[0] != tables[1]:
+        findings.append(Finding(
+            f"vocabulary padding: teacher logits {tables[0]}, student logits {tables[1]}; "
+            f"KD compares the first {min(tables)} (the rest is embedding-table padding)"
+        ))
+    template = chat_template_difference(recipe.teacher.path, student)
+    if template:
+        findings.append(Finding(template, warning=recipe.data.chat_template))
+    return findings
 
 
 def _memory(recipe: Recipe, ram: int) -> Finding:
@@ -64,7 +74,7 @@ def _memory(recipe: Recipe, ram: int) -> Finding:
 def training_memory(recipe: Recipe) -> dict[str, int]:
     """Rough bytes held while training a causal-lm recipe whose teacher and student are local folders."""
     teacher = tensor_shapes(Path(recipe.teacher.path))
-    student = tensor_shapes(Path(recipe.student.path))
+    student = tensor_shapes(Path(student_path(recipe)))
     student_bytes = DTYPE_BYTES[recipe.student.dtype]
     n_student = sum(map(math.prod, student.values()))
     if recipe.lora is None:
@@ -72,7 +82,7 @@ def training_memory(recipe: Recipe) -> dict[str, int]:
     else:
         adapters = recipe.lora.r * sum(sum(shape) for name, shape in student.items() if _adapted(name, shape, recipe))
         training = n_student * student_bytes + adapters * 4 * ADAM_STATE_PER_WEIGHT
-    config = json.loads((Path(recipe.student.path) / "config.json").read_text())
+    config = json.loads((Path(student_path(recipe)) / "config.json").read_text())
     cfg = recipe.distill
     logits = cfg.batch_size * cfg.max_seq_len * config.get("vocab_size", 0) * 4 * LOGIT_COPIES
     return {
@@ -80,6 +90,11 @@ def training_memory(recipe: Recipe) -> dict[str, int]:
         "student training state": training,
         "logits": logits,
     }
+
+
+def student_path(recipe: Recipe) -> str:
+    """The student's folder, or the teacher's for a student cut from it (its sizes are an upper bound then)."""
+    return recipe.student.path or recipe.teacher.path
 
 
 def _adapted(name: str, shape: list[int], recipe: Recipe) -> bool:

@@ -2,39 +2,119 @@
 
 from __future__ import annotations
 
+import random
+
 import torch
 from transformers import Trainer
 
-from .losses import embedding_cosine, embedding_mse, kd_loss_sum
+from .losses import IGNORE_INDEX, Divergence, embedding_cosine, embedding_mse, forward_kl_from_log_probs, kd_loss_sum, sparse_kd_loss_sum
+
+CACHED_TEACHER = ("teacher_ids", "teacher_log_probs", "teacher_tail")
 
 
 class LogitDistillTrainer(Trainer):
     """Causal-LM student trained on the teacher's softened logits mixed with cross-entropy, per response token.
 
+    The teacher is either a model run on each batch, or absent: then each batch carries the teacher's cached
+    top-k log-probabilities and tail mass for its trained positions (``teacher_ids``, ``teacher_log_probs``,
+    ``teacher_tail``, see :mod:`distill.teacher_cache`) and the sparse loss is used.
+
     The loss is summed over the trained tokens of the micro-batch and divided by the number of trained tokens
     in the whole optimizer step (``num_items_in_batch``, counted by the Trainer across gradient accumulation
     and processes), so every token weighs the same.
+
+    With ``on_policy_fraction`` λ > 0, a seeded share λ of the optimizer steps replaces each batch's responses
+    by the student's own sampled continuations of the prompts, scored by the teacher (on-policy KD, GKD:
+    Agarwal et al. 2024); those steps are normalised by their own generated-token count.
     """
 
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, teacher: torch.nn.Module, temperature: float, ce_weight: float, **kwargs):
+    def __init__(
+        self,
+        *args,
+        teacher: torch.nn.Module | None,
+        temperature: float,
+        ce_weight: float,
+        div: Divergence = forward_kl_from_log_probs,
+        on_policy_fraction: float = 0.0,
+        max_new_tokens: int = 128,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = True  # makes the Trainer count response tokens per optimizer step
-        self.teacher = teacher.to(self.args.device).eval()
-        self.teacher.requires_grad_(False)
+        self.teacher = teacher
+        if teacher is not None:
+            self.teacher = teacher.to(self.args.device).eval()
+            self.teacher.requires_grad_(False)
         self.temperature = temperature
         self.ce_weight = ce_weight
+        self.div = div
+        self.on_policy_fraction = on_policy_fraction
+        self.max_new_tokens = max_new_tokens
+        if on_policy_fraction > 0 and teacher is None:
+            raise ValueError("on-policy steps need the teacher model to score the student's continuations")
+
+    def on_policy_step(self) -> bool:
+        """Whether this optimizer step trains on the student's own continuations (seeded by step: resumable)."""
+        draw = random.Random(self.args.seed * 1_000_003 + self.state.global_step).random()
+        return draw < self.on_policy_fraction
+
+    @torch.no_grad()
+    def student_continuations(self, model, inputs: dict) -> dict:
+        """The batch's prompts continued by the student (sampled at T = 1, as in GKD); only those tokens are trained.
+
+        A row's prompt is everything before its first trained token. Prompts are left-padded for generation,
+        so positions are given explicitly to both models.
+        """
+        ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
+        trained = labels.ne(IGNORE_INDEX) & mask.bool()
+        starts = torch.where(trained.any(-1), trained.float().argmax(-1), mask.sum(-1))
+        width = int(starts.max())
+        pad = self.processing_class.pad_token_id
+        prompts = torch.full((ids.size(0), width), pad, dtype=ids.dtype, device=ids.device)
+        prompt_mask = torch.zeros_like(prompts)
+        for row, start in enumerate(starts.tolist()):
+            prompts[row, width - start :] = ids[row, :start]
+            prompt_mask[row, width - start :] = 1
+        student = self.accelerator.unwrap_model(model)
+        was_training = student.training
+        student.eval()
+        out = student.generate(
+            input_ids=prompts, attention_mask=prompt_mask, max_new_tokens=self.max_new_tokens, do_sample=True,
+            temperature=1.0, top_k=0, pad_token_id=pad, eos_token_id=self.processing_class.eos_token_id,
+        )
+        student.train(was_training)
+        new = out[:, width:]
+        ended = new.eq(self.processing_class.eos_token_id).long().cumsum(-1)
+        keep = (ended == 0) | ((ended == 1) & new.eq(self.processing_class.eos_token_id))  # up to the first end
+        full_mask = torch.cat([prompt_mask, keep.long()], -1)
+        new_labels = torch.cat([torch.full_like(prompts, IGNORE_INDEX), new.masked_fill(~keep, IGNORE_INDEX)], -1)
+        positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
+        return {"input_ids": out, "attention_mask": full_mask, "position_ids": positions, "labels": new_labels}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        on_policy = self.on_policy_fraction > 0 and model.training and self.on_policy_step()
+        if on_policy:
+            inputs = self.student_continuations(model, inputs)
+            num_items_in_batch = None  # normalised by this micro-batch's own generated tokens
         labels = inputs.pop("labels")
+        cached = [inputs.pop(k) for k in CACHED_TEACHER if k in inputs]
+        cached = [] if on_policy else cached
         outputs = model(**inputs)
-        with torch.no_grad():
-            teacher_logits = self.teacher(**inputs).logits
-        loss_sum, kd_sum, ce_sum = kd_loss_sum(outputs.logits, teacher_logits, labels, self.temperature, self.ce_weight)
+        if cached:
+            loss_sum, _, _ = sparse_kd_loss_sum(
+                outputs.logits, labels, *cached, self.temperature, self.ce_weight, self.div
+            )
+        else:
+            with torch.no_grad():
+                teacher_logits = self.teacher(**inputs).logits
+            loss_sum, _, _ = kd_loss_sum(outputs.logits, teacher_logits, labels, self.temperature, self.ce_weight, self.div)
         local_tokens = labels[:, 1:].ne(-100).sum()
         denominator = num_items_in_batch if num_items_in_batch is not None else local_tokens.clamp(min=1)
         loss = loss_sum / denominator
+        if on_policy:
+            loss = loss / self.args.gradient_accumulation_steps
         if self.args.average_tokens_across_devices and self.args.world_size > 1 and num_items_in_batch is not None:
             loss = loss * self.args.world_size  # DDP averages gradients over processes; the denominator is global
         return (loss, outputs) if return_outputs else loss

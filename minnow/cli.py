@@ -137,6 +137,24 @@ def distill_cmd(recipe: RecipeArg) -> None:
     typer.echo(str(run_dir.path))
 
 
+@app.command("teacher-cache")
+@_guard
+def teacher_cache_cmd(recipe: RecipeArg) -> None:
+    """Only the teacher-cache stage: a run directory whose teacher_cache/ holds the teacher's top-k logits."""
+    from . import pipeline
+    from .recipe import load_recipe
+    from .rundir import RunDir
+
+    loaded = load_recipe(recipe)
+    if loaded.task != "causal-lm" or not loaded.distill.teacher_cache:
+        raise MinnowError(f"{recipe}: distill.teacher_cache: true is needed (causal-lm recipes) to cache teacher logits")
+    run_dir = RunDir.create(loaded)
+    with pipeline.removed_on_error(run_dir):
+        pipeline.teacher_cache(run_dir)
+    err.print(f"next: minnow run --resume {os.path.relpath(run_dir.path)}")
+    typer.echo(str(run_dir.path))
+
+
 @app.command("export")
 @_guard
 def export_cmd(run_dir: RunArg) -> None:

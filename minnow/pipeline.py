@@ -45,6 +45,17 @@ def record_energy(run: RunDir, stage: str, energy: dict) -> None:
     run.update_report("energy", run.report().get("energy", {}) | {stage: energy})
 
 
+def teacher_cache(run: RunDir) -> None:
+    """Run the teacher once over train and held-out data and keep its top-k logits in teacher_cache/."""
+    from distill.causal_lm import cache_teacher
+
+    console.rule(f"[bold]teacher-cache[/] {run.recipe.teacher.path} → {run.teacher_cache.name}/")
+    with energy_meter(run.recipe.cost).task() as energy:
+        _, info = cache_teacher(run)
+    run.update_report("teacher_cache", info)
+    record_energy(run, "teacher cache", energy)
+
+
 def export(run: RunDir) -> None:
     recipe = run.recipe
     report = run.report()

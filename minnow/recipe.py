@@ -32,7 +32,20 @@ class Teacher(Section):
 
 
 class FromTeacher(Section):
-    layers: list[int] = Field(description="Indices of the teacher's transformer layers the student keeps, in order.")
+    layers: list[int] | None = Field(None, description="Indices of the teacher's transformer layers the student keeps, in order.")
+    keep_fraction: float | None = Field(
+        None, gt=0, le=1, description="Causal-LM: keep this share of layers, the most important by 1 − cos(in, out) (ShortGPT/Minitron)."
+    )
+    mlp_fraction: float | None = Field(
+        None, gt=0, le=1, description="Causal-LM: keep this share of MLP hidden units, the most active ones (Minitron)."
+    )
+    importance_examples: int = Field(64, gt=0, description="Training examples used to score layers and MLP units.")
+
+    @model_validator(mode="after")
+    def _one_choice(self) -> FromTeacher:
+        if (self.layers is None) == (self.keep_fraction is None):
+            raise ValueError("give exactly one of `layers` or `keep_fraction`")
+        return self
 
 
 class Student(Section):
@@ -98,6 +111,12 @@ class Data(Section):
 
 class Distill(Section):
     temperature: float = Field(2.0, gt=0, description="Softmax temperature of the KD term (Hinton et al. 2015).")
+    loss: Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl"] = Field(
+        "forward_kl",
+        description="Causal-LM KD divergence: forward KL (Hinton), reverse KL (MiniLLM), JSD(β) (GKD), skew KLs (DistiLLM).",
+    )
+    jsd_beta: float = Field(0.5, gt=0, lt=1, description="β of `loss: jsd`: mixture weight of the teacher (GKD).")
+    skew_alpha: float = Field(0.1, gt=0, lt=1, description="α of `loss: skew_kl`/`skew_reverse_kl` (DistiLLM).")
     ce_weight: float = Field(0.5, ge=0, le=1, description="Weight of cross-entropy on the data; KD gets 1 - ce_weight.")
     embedding_loss: Literal["mse", "cosine", "mse+cosine"] = Field(
         "mse+cosine", description="Embedding task: loss between student and teacher sentence embeddings."
@@ -116,6 +135,21 @@ class Distill(Section):
     save_steps: int = Field(100, gt=0, description="Checkpoint every this many steps (a rerun resumes from the last).")
     seed: int = Field(0, description="Seed for initialisation, data split and order.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train; `auto` picks CUDA when present.")
+    teacher_cache: bool = Field(
+        False, description="Causal-LM: run the teacher once, cache its top-k logits in the run dir, train without it."
+    )
+    cache_top_k: int = Field(64, gt=0, description="Teacher logits kept per token in the cache; the rest is one tail bucket.")
+    mode: Literal["logits", "sequence"] = Field(
+        "logits", description="`sequence`: train on the teacher's own responses to the prompts (Kim & Rush 2016)."
+    )
+    max_new_tokens: int = Field(128, gt=0, description="Longest response the teacher (sequence mode) or student (on-policy) writes.")
+    generation_temperature: float = Field(0.0, ge=0, description="Sampling temperature of those responses; 0 = greedy.")
+    on_policy_fraction: float = Field(
+        0.0, ge=0, le=1, description="Share of steps on the student's own continuations scored by the teacher (GKD's λ)."
+    )
+    rebuild_stale_cache: bool = Field(
+        False, description="Rebuild a teacher cache whose teacher, tokenizer, data or settings changed (else stop)."
+    )
 
 
 class Curriculum(Section):
@@ -256,8 +290,9 @@ class Recipe(Section):
                 raise ValueError("data: embedding recipes take `text_field`, not prompt/response or messages fields")
         if "mobile" in self.export.targets and (self.task != "causal-lm" or "int4" not in self.export.precisions):
             raise ValueError("export.targets: mobile is made from the int4 causal-lm export; add int4 to export.precisions")
-        if self.student.from_teacher is not None and self.task != "embedding":
-            raise ValueError("student.from_teacher is available for embedding recipes")
+        spec = self.student.from_teacher
+        if self.task == "embedding" and spec is not None and (spec.layers is None or spec.mlp_fraction is not None):
+            raise ValueError("student.from_teacher: embedding students take `layers` (keep_fraction, mlp_fraction are causal-lm)")
         return self
 
     @model_validator(mode="after")

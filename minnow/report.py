@@ -42,6 +42,27 @@ def _causal_quality(d: dict) -> list[str]:
     return lines + _table(["model", "loss", "perplexity", "KL(teacher‖model)", "top-1 agreement with teacher"], rows)
 
 
+def _engine(d: dict) -> list[str]:
+    """Loss, teacher cache and tokenizer notes of a causal-lm run."""
+    lines = []
+    if d.get("loss"):
+        loss = d["loss"]
+        on_policy = f", {loss['on_policy_fraction']:.0%} of steps on the student's own continuations" if loss.get("on_policy_fraction") else ""
+        mode = f"; sequence-level KD on the teacher's responses (`{d['teacher_responses']}`)" if loss.get("mode") == "sequence" else ""
+        lines.append(f"Loss: {loss['kd']} at temperature {loss['temperature']}, cross-entropy weight {loss['ce_weight']}{on_policy}{mode}.")
+    cache = d.get("teacher_cache")
+    if cache:
+        how = f"built in {cache['built_seconds']} s" if cache.get("built_seconds") else "reused"
+        lines.append(
+            f"Teacher logits from `{cache['folder']}/` (top-{cache['top_k']} + tail, {how}, provenance {cache['hash'][:12]}); "
+            + ("on-policy steps loaded the teacher" if (d.get("loss") or {}).get("on_policy_fraction") else "the teacher was not loaded for training")
+            + ", and held-out KL is over the top-k tokens plus a tail bucket."
+        )
+    if d.get("tokenizer"):
+        lines.append(f"Tokenizer: {d['tokenizer']['tokens']} tokens; chat template: {d['tokenizer']['chat_template']}.")
+    return [line for item in lines for line in (item, "")]
+
+
 def _embedding_quality(d: dict) -> list[str]:
     keys = ["mean_cosine", "spearman_pairwise", "top10_overlap"]
     rows = [[name, *(d[stage]["student"].get(k) for k in keys)] for name, stage in (("student before", "eval_before"), ("student after", "eval"))]
@@ -125,6 +146,7 @@ def markdown(report: dict) -> str:
             f"({p['student'] / p['teacher']:.1%}). Examples: {d['examples']}.",
             "",
             *_curriculum(d["curriculum"]),
+            *_engine(d),
             "## Quality kept",
             "",
         ]

@@ -1,0 +1,144 @@
+"""A decoder student cut from its teacher: fewer layers (by block importance) and, optionally, narrower MLPs.
+
+Layer choice follows Men et al. 2024, "ShortGPT: Layers in Large Language Models are More Redundant Than You
+Expect" and Muralidharan et al. 2024, "Compact Language Models via Pruning and Knowledge Distillation"
+(Minitron): a block whose output hidden state points the same way as its input (importance 1 − cos(in, out),
+averaged over real tokens of training examples) changes little and is dropped first. MLP width follows
+Minitron's activation-based importance: the mean magnitude of each hidden unit's activation (the input of
+``down_proj``) over those tokens; the least active units are removed from gate, up and down projections.
+Llama, Qwen2 and Mistral-style decoders (``model.layers[i].mlp.{gate,up,down}_proj``) are supported.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Iterable
+
+import torch
+
+from minnow.errors import MinnowError
+from minnow.recipe import FromTeacher
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList) or not all(
+        hasattr(getattr(layer, "mlp", None), "down_proj") for layer in layers
+    ):
+        raise MinnowError(
+            f"student.from_teacher: {type(model).__name__} is not a Llama/Qwen2-style decoder (model.layers[i].mlp)"
+        )
+    return layers
+
+
+@torch.inference_mode()
+def block_importance(model: torch.nn.Module, batches: Iterable[dict]) -> list[float]:
+    """Per decoder layer, mean over real tokens of 1 − cos(hidden state in, hidden state out)."""
+    layers = decoder_layers(model)
+    sums, count = torch.zeros(len(layers), dtype=torch.float64), 0
+    mask: torch.Tensor | None = None
+
+    def hook(index: int):
+        def record(module, args, kwargs, output):
+            x_in = args[0] if args else kwargs["hidden_states"]
+            x_out = output[0] if isinstance(output, tuple) else output
+            cos = torch.nn.functional.cosine_similarity(x_in.float(), x_out.float(), dim=-1)
+            sums[index] += ((1 - cos) * mask).sum().double().item()
+
+        return record
+
+    handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    try:
+        for batch in batches:
+            mask = batch["attention_mask"].float()
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            count += int(mask.sum())
+    finally:
+        for h in handles:
+            h.remove()
+    return (sums / max(count, 1)).tolist()
+
+
+@torch.inference_mode()
+def mlp_unit_importance(model: torch.nn.Module, batches: Iterable[dict]) -> list[torch.Tensor]:
+    """Per decoder layer, each MLP hidden unit's mean |activation| over real tokens (the input of down_proj)."""
+    layers = decoder_layers(model)
+    sums = [torch.zeros(layer.mlp.down_proj.in_features, dtype=torch.float64) for layer in layers]
+    mask: torch.Tensor | None = None
+
+    def hook(index: int):
+        def record(module, args):
+            sums[index] += (args[0].abs().float() * mask.unsqueeze(-1)).sum((0, 1)).double().cpu()
+
+        return record
+
+    handles = [layer.mlp.down_proj.register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]
+    count = 0
+    try:
+        for batch in batches:
+            mask = batch["attention_mask"].float()
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            count += int(mask.sum())
+    finally:
+        for h in handles:
+            h.remove()
+    return [s / max(count, 1) for s in sums]
+
+
+def keep_layers(model: torch.nn.Module, keep: list[int]) -> None:
+    """Keep only the decoder layers ``keep`` (in order); the config and each attention's cache index follow."""
+    layers = decoder_layers(model)
+    model.model.layers = torch.nn.ModuleList(layers[i] for i in keep)
+    for new_index, layer in enumerate(model.model.layers):
+        if hasattr(layer, "self_attn"):
+            layer.self_attn.layer_idx = new_index
+    model.config.num_hidden_layers = len(keep)
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = [model.config.layer_types[i] for i in keep]
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.nn.Linear:
+    layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype, device=weight.device)
+    layer.weight.data.copy_(weight)
+    if bias is not None:
+        layer.bias.data.copy_(bias)
+    return layer
+
+
+def prune_mlp(model: torch.nn.Module, importance: list[torch.Tensor], fraction: float) -> int:
+    """Keep each layer's ``fraction`` most important MLP units; returns the new intermediate size."""
+    width = max(1, round(fraction * importance[0].numel()))
+    for layer, scores in zip(decoder_layers(model), importance):
+        keep = scores.topk(width).indices.sort().values.to(layer.mlp.down_proj.weight.device)
+        mlp = layer.mlp
+        for name in ("gate_proj", "up_proj"):
+            old = getattr(mlp, name)
+            setattr(mlp, name, _linear(old.weight[keep], old.bias[keep] if old.bias is not None else None))
+        mlp.down_proj = _linear(mlp.down_proj.weight[:, keep], mlp.down_proj.bias)
+        if hasattr(mlp, "intermediate_size"):
+            mlp.intermediate_size = width
+    model.config.intermediate_size = width
+    return width
+
+
+def derive_causal_student(teacher: torch.nn.Module, spec: FromTeacher, batches: list[dict]) -> tuple[torch.nn.Module, dict]:
+    """A pruned copy of ``teacher`` as ``spec`` asks, and what was kept (for the report)."""
+    n = len(decoder_layers(teacher))
+    student = copy.deepcopy(teacher)
+    info: dict = {"teacher_layers": n}
+    if spec.layers is not None:
+        bad = [i for i in spec.layers if not 0 <= i < n]
+        if bad or not spec.layers:
+            raise MinnowError(f"student.from_teacher.layers: {bad or spec.layers} not in 0..{n - 1} (the teacher has {n} layers)")
+        keep = list(spec.layers)
+    else:
+        importance = block_importance(student, batches)
+        count = max(1, round(spec.keep_fraction * n))
+        keep = sorted(sorted(range(n), key=lambda i: -importance[i])[:count])
+        info["block_importance"] = [round(x, 6) for x in importance]
+    keep_layers(student, keep)
+    info["layers"] = keep
+    if spec.mlp_fraction is not None:
+        info["teacher_mlp_width"] = decoder_layers(student)[0].mlp.down_proj.in_features
+        info["mlp_width"] = prune_mlp(student, mlp_unit_importance(student, batches), spec.mlp_fraction)
+    return student, info

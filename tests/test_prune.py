@@ -1,0 +1,75 @@
+"""Decoder students cut from the teacher: block importance, kept layers, MLP width, a normal HF model after."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import run_minnow, tiny_recipe, write_recipe
+from distill.prune import block_importance, derive_causal_student, keep_layers, mlp_unit_importance, prune_mlp
+from minnow.recipe import FromTeacher
+
+
+def _batch(pair):
+    tok = AutoTokenizer.from_pretrained(pair["teacher"])
+    texts = [json.loads(line)["response"] for line in pair["data"].read_text().splitlines()[:6]]
+    return dict(tok(texts, return_tensors="pt", padding=True))
+
+
+def test_block_importance_is_one_minus_cosine_of_hidden_states(tiny_pair):
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_pair["teacher"]).eval()
+    batch = _batch(tiny_pair)
+    scores = block_importance(teacher, [batch])
+    with torch.no_grad():
+        hidden = teacher(**batch, output_hidden_states=True).hidden_states  # the last one is after the final norm
+    mask = batch["attention_mask"].bool()
+    for i in range(len(scores) - 1):
+        cos = torch.nn.functional.cosine_similarity(hidden[i], hidden[i + 1], dim=-1)[mask]
+        assert abs(scores[i] - (1 - cos).mean().item()) < 1e-5
+    assert all(0 <= s <= 2 for s in scores)
+
+
+def test_kept_layers_and_pruned_mlp_compute_what_they_should(tiny_pair, tmp_path):
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_pair["teacher"]).eval()
+    batch = _batch(tiny_pair)
+    whole = copy.deepcopy(teacher)
+    keep_layers(whole, [0, 1, 2, 3])
+    with torch.no_grad():
+        assert torch.allclose(whole(**batch).logits, teacher(**batch).logits, atol=1e-5)
+    importance = mlp_unit_importance(teacher, [batch])
+    # dropping MLP units equals zeroing their columns of down_proj in the unpruned model
+    zeroed = copy.deepcopy(teacher)
+    for layer, scores in zip(zeroed.model.layers, importance):
+        drop = scores.topk(scores.numel() // 2, largest=False).indices
+        layer.mlp.down_proj.weight.data[:, drop] = 0
+    pruned = copy.deepcopy(teacher)
+    assert prune_mlp(pruned, importance, 0.5) == teacher.config.intermediate_size // 2
+    with torch.no_grad():
+        assert torch.allclose(pruned(**batch).logits, zeroed(**batch).logits, atol=1e-5)
+    student, info = derive_causal_student(teacher, FromTeacher(keep_fraction=0.5, mlp_fraction=0.5), [batch])
+    order = sorted(range(4), key=lambda i: -info["block_importance"][i])
+    assert info["layers"] == sorted(order[:2]) and student.config.num_hidden_layers == 2
+    student.save_pretrained(tmp_path / "s")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "s").eval()
+    assert reloaded.config.intermediate_size == teacher.config.intermediate_size // 2
+    with torch.no_grad():
+        assert torch.allclose(reloaded(**batch).logits, student.eval()(**batch).logits, atol=1e-5)
+
+
+def test_run_with_a_student_cut_from_the_teacher(tiny_pair, tmp_path):
+    recipe = tiny_recipe(tiny_pair, tmp_path / "runs", student={"from_teacher": {"keep_fraction": 0.5, "mlp_fraction": 0.5}})
+    recipe["distill"] |= {"steps": 4, "save_steps": 100}
+    result = run_minnow("distill", str(write_recipe(tmp_path / "p.yaml", recipe)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    config = json.loads((run_dir / "student/config.json").read_text())
+    assert config["num_hidden_layers"] == 2 and config["intermediate_size"] == 128
+    d = json.loads((run_dir / "report.json").read_text())["distill"]
+    assert d["student_from_teacher"]["layers"] == sorted(d["student_from_teacher"]["layers"])
+    assert len(d["student_from_teacher"]["block_importance"]) == 4
+    assert d["parameters"]["student"] < d["parameters"]["teacher"]
+    # a better start than random: the pruned teacher already agrees with it on some held-out tokens
+    assert d["eval_before"]["student"]["top1_agreement"] > 0.2

@@ -1,0 +1,60 @@
+"""LogitDistillTrainer: exact per-token normalisation whatever the padding and gradient accumulation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, TrainingArguments
+
+from distill.losses import IGNORE_INDEX, divergence, kd_loss_sum
+from distill.trainer import LogitDistillTrainer
+
+
+def _rows(tok) -> list[dict]:
+    """Four examples whose response lengths differ a lot, so micro-batches hold very different token counts."""
+    rows = []
+    for prompt, response in [("hi", "ok"), ("my router is slow", "restart it " * 12), ("help", "yes " * 3), ("a", "b " * 25)]:
+        p = tok(prompt + "\n")["input_ids"]
+        r = tok(response)["input_ids"] + [tok.eos_token_id]
+        rows.append({"input_ids": p + r, "attention_mask": [1] * (len(p) + len(r)), "labels": [IGNORE_INDEX] * len(p) + r})
+    return rows
+
+
+def _one_sgd_step(pair, tmp_path, batch_size: int, grad_accum: int, loss: str) -> dict[str, torch.Tensor]:
+    tok = AutoTokenizer.from_pretrained(pair["student"])
+    student = AutoModelForCausalLM.from_pretrained(pair["student"])
+    teacher = AutoModelForCausalLM.from_pretrained(pair["teacher"])
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    args = TrainingArguments(
+        output_dir=str(tmp_path / f"b{batch_size}"), max_steps=1, per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum, learning_rate=1.0, lr_scheduler_type="constant", optim="sgd",
+        max_grad_norm=0.0, weight_decay=0.0, train_sampling_strategy="sequential", use_cpu=True, report_to="none",
+        save_strategy="no", logging_strategy="no",
+    )
+    trainer = LogitDistillTrainer(
+        model=student, args=args, train_dataset=Dataset.from_list(_rows(tok)),
+        data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt"),
+        teacher=teacher, temperature=2.0, ce_weight=0.3, div=divergence(loss),
+    )
+    trainer.train()
+    return {n: before[n] - p.detach() for n, p in trainer.model.named_parameters()}
+
+
+@pytest.mark.parametrize("loss", ["jsd"])
+def test_grad_accumulation_and_padding_give_the_same_step(tiny_pair, tmp_path, loss):
+    whole = _one_sgd_step(tiny_pair, tmp_path, 4, 1, loss)
+    accumulated = _one_sgd_step(tiny_pair, tmp_path, 2, 2, loss)
+    # reference: one forward over all four rows, loss summed over trained tokens / their number
+    tok = AutoTokenizer.from_pretrained(tiny_pair["student"])
+    student = AutoModelForCausalLM.from_pretrained(tiny_pair["student"])
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_pair["teacher"])
+    batch = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")(_rows(tok))
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        t_logits = teacher(**batch).logits
+    total, _, _ = kd_loss_sum(student(**batch).logits, t_logits, labels, 2.0, 0.3, divergence(loss))
+    (total / labels[:, 1:].ne(IGNORE_INDEX).sum()).backward()
+    for name, param in student.named_parameters():
+        assert torch.allclose(whole[name], param.grad, atol=1e-6, rtol=1e-4), name
+        assert torch.allclose(accumulated[name], param.grad, atol=1e-6, rtol=1e-4), name
