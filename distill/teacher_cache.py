@@ -140,22 +140,23 @@ class TeacherCache:
         return f.get_tensor(f"{example_id}/ids"), f.get_tensor(f"{example_id}/logits"), f.get_tensor(f"{example_id}/stats")
 
     def statistics(self, example_ids: list[str]) -> list[dict[str, float]]:
-        """Per example, the means over its trained positions that :func:`distill.scorers.token_statistics` takes from
-        the full logits, without the teacher: NLL (exact), confidence (top-1 probability, exact) and entropy over the
-        top-k plus the tail as one bucket (a lower bound of the full entropy)."""
-        out = []
-        for example_id in example_ids:
-            _, logits, stats = self.get(example_id)
-            log_p = logits.float() - stats[:, LSE_1 : LSE_1 + 1]
-            tail = stats[:, TAIL_1]  # log of the probability outside the top k
-            tail_term = torch.where(torch.isinf(tail), torch.zeros_like(tail), -tail.exp() * tail)
-            entropy = -(log_p.exp() * log_p).sum(-1) + tail_term
-            out.append({
-                "nll": stats[:, NLL].mean().item(),
-                "entropy": entropy.mean().item(),
-                "confidence": log_p[:, 0].exp().mean().item(),
-            })
-        return out
+        """Each example's :func:`cached_statistics`, without the teacher."""
+        return [cached_statistics(*self.get(example_id)[1:]) for example_id in example_ids]
+
+
+def cached_statistics(top_logits: torch.Tensor, stats: torch.Tensor) -> dict[str, float]:
+    """Means over an example's cached positions of what :func:`distill.scorers.token_statistics` takes from the full
+    logits: NLL and confidence (top-1 probability) exactly, entropy over the top-k plus the tail as one bucket
+    (a lower bound of the full entropy, exact when k covers the vocabulary)."""
+    log_p = top_logits.float() - stats[:, LSE_1 : LSE_1 + 1]
+    tail = stats[:, TAIL_1]  # log of the probability outside the top k
+    tail_term = torch.where(torch.isinf(tail), torch.zeros_like(tail), -tail.exp() * tail)
+    entropy = -(log_p.exp() * log_p).sum(-1) + tail_term
+    return {
+        "nll": stats[:, NLL].mean().item(),
+        "entropy": entropy.mean().item(),
+        "confidence": log_p[:, 0].exp().mean().item(),
+    }
 
 
 class CachedTeacherCollator:

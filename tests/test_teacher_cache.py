@@ -35,6 +35,23 @@ def test_cache_rows_hold_top_k_partition_tail_and_nll():
     assert torch.isinf(full[:, TAIL_1]).all() and (full[:, TAIL_1] < 0).all()  # nothing left outside the top k
 
 
+def test_curriculum_statistics_from_the_cache_match_the_full_logits():
+    from distill.scorers import token_statistics
+    from distill.teacher_cache import cached_statistics
+
+    torch.manual_seed(1)
+    logits = torch.randn(1, 9, 12) * 2
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 4, 1, 0, 7, 7, 2, 11]])
+    full = {k: v.item() for k, v in token_statistics(logits, labels).items()}
+    exact = cached_statistics(*cache_rows(logits[0, :-1], labels[0, 1:], k=12, vocab=12, temperature=2.0)[1:])
+    for key in ("nll", "entropy", "confidence"):
+        assert math.isclose(exact[key], full[key], rel_tol=1e-5), key
+    top4 = cached_statistics(*cache_rows(logits[0, :-1], labels[0, 1:], k=4, vocab=12, temperature=2.0)[1:])
+    assert math.isclose(top4["nll"], full["nll"], rel_tol=1e-5)
+    assert math.isclose(top4["confidence"], full["confidence"], rel_tol=1e-5)
+    assert full["entropy"] * 0.5 < top4["entropy"] <= full["entropy"] + 1e-6
+
+
 @pytest.fixture(scope="module")
 def cached_run(tiny_pair, tmp_path_factory):
     """`minnow teacher-cache` on a tiny recipe whose data is a private copy (the stale test edits it)."""
@@ -87,6 +104,8 @@ def test_training_from_the_cache_never_loads_the_teacher(cached_run, monkeypatch
     assert d["parameters"]["teacher"] > d["parameters"]["student"] and d["steps"] == 30
     scores = [json.loads(line)["score"] for line in (run_dir / "data/quality.jsonl").read_text().splitlines()]
     assert len(scores) == d["examples"]["train"] and all(s > 0 for s in scores)
+    scorers = d["curriculum"]["scorers"]
+    assert scorers["teacher cache"]["kind"] == "free" and "teacher forward" not in scorers
 
 
 def test_stale_cache_is_named_then_rebuilt_when_asked(cached_run):
