@@ -204,6 +204,7 @@ def cache_rows(logits: torch.Tensor, targets: torch.Tensor, k: int, vocab: int, 
     return top.indices.to(torch.int32), top.values.contiguous(), torch.stack([stats[0], stats[2], stats[1], stats[3], nll], -1)
 
 
+@torch.inference_mode()
 def build_cache(
     folder: Path,
     teacher: torch.nn.Module,
