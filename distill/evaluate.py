@@ -40,17 +40,7 @@ def evaluate_causal(
         s_aligned, t_aligned = align_vocab(s_logits, t_logits)
         sums["agree"] += (s_aligned.argmax(-1) == t_aligned.argmax(-1))[mask].sum().item()
         tokens += mask.sum().item()
-    n = max(tokens, 1)
-    return {
-        "teacher": {"loss": sums["teacher_nll"] / n, "perplexity": math.exp(sums["teacher_nll"] / n)},
-        "student": {
-            "loss": sums["student_nll"] / n,
-            "perplexity": math.exp(sums["student_nll"] / n),
-            "kl_to_teacher": sums["kl"] / n,
-            "top1_agreement": sums["agree"] / n,
-        },
-        "tokens": tokens,
-    }
+    return _per_token(sums, tokens)
 
 
 @torch.inference_mode()
@@ -77,6 +67,10 @@ def evaluate_cached(student: torch.nn.Module, rows: list[dict], collate: Callabl
         sums["kl"] += forward_kl_from_log_probs(*topk_buckets(s_rows, ids, log_probs, tail, 1.0)).sum().item()
         sums["agree"] += (s_rows.argmax(-1) == ids[:, 0]).sum().item()
         tokens += mask.sum().item()
+    return _per_token(sums, tokens) | {"teacher_from": "cache (KL over the top-k tokens plus a tail bucket)"}
+
+
+def _per_token(sums: dict[str, float], tokens: int) -> dict:
     n = max(tokens, 1)
     return {
         "teacher": {"loss": sums["teacher_nll"] / n, "perplexity": math.exp(sums["teacher_nll"] / n)},
@@ -87,5 +81,4 @@ def evaluate_cached(student: torch.nn.Module, rows: list[dict], collate: Callabl
             "top1_agreement": sums["agree"] / n,
         },
         "tokens": tokens,
-        "teacher_from": "cache (KL over the top-k tokens plus a tail bucket)",
     }

@@ -35,27 +35,20 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
 def block_importance(model: torch.nn.Module, batches: Iterable[dict]) -> list[float]:
     """Per decoder layer, mean over real tokens of 1 − cos(hidden state in, hidden state out)."""
     layers = decoder_layers(model)
-    sums, count = torch.zeros(len(layers), dtype=torch.float64), 0
-    mask: torch.Tensor | None = None
+    sums = torch.zeros(len(layers), dtype=torch.float64)
+    batch: dict = {}
 
     def hook(index: int):
         def record(module, args, kwargs, output):
             x_in = args[0] if args else kwargs["hidden_states"]
             x_out = output[0] if isinstance(output, tuple) else output
             cos = torch.nn.functional.cosine_similarity(x_in.float(), x_out.float(), dim=-1)
-            sums[index] += ((1 - cos) * mask).sum().double().item()
+            sums[index] += ((1 - cos) * batch["mask"]).sum().double().item()
 
         return record
 
     handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
-    try:
-        for batch in batches:
-            mask = batch["attention_mask"].float()
-            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            count += int(mask.sum())
-    finally:
-        for h in handles:
-            h.remove()
+    count = _forward_with_hooks(model, batches, handles, batch)
     return (sums / max(count, 1)).tolist()
 
 
@@ -64,25 +57,32 @@ def mlp_unit_importance(model: torch.nn.Module, batches: Iterable[dict]) -> list
     """Per decoder layer, each MLP hidden unit's mean |activation| over real tokens (the input of down_proj)."""
     layers = decoder_layers(model)
     sums = [torch.zeros(layer.mlp.down_proj.in_features, dtype=torch.float64) for layer in layers]
-    mask: torch.Tensor | None = None
+    batch: dict = {}
 
     def hook(index: int):
         def record(module, args):
-            sums[index] += (args[0].abs().float() * mask.unsqueeze(-1)).sum((0, 1)).double().cpu()
+            sums[index] += (args[0].abs().float() * batch["mask"].unsqueeze(-1)).sum((0, 1)).double().cpu()
 
         return record
 
     handles = [layer.mlp.down_proj.register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]
+    count = _forward_with_hooks(model, batches, handles, batch)
+    return [s / max(count, 1) for s in sums]
+
+
+def _forward_with_hooks(model: torch.nn.Module, batches: Iterable[dict], handles: list, current: dict) -> int:
+    """Run ``model`` over ``batches`` with the hooks of ``handles`` (removed afterwards), ``current["mask"]`` holding
+    the real-token mask of the batch the hooks see; returns the number of real tokens."""
     count = 0
     try:
         for batch in batches:
-            mask = batch["attention_mask"].float()
+            current["mask"] = batch["attention_mask"].float()
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            count += int(mask.sum())
+            count += int(current["mask"].sum())
     finally:
         for h in handles:
             h.remove()
-    return [s / max(count, 1) for s in sums]
+    return count
 
 
 def keep_layers(model: torch.nn.Module, keep: list[int]) -> None:

@@ -183,31 +183,27 @@ class Curriculum(Section):
     dedup: bool = Field(True, description="Drop exact duplicate examples (by stable id) before training.")
 
 
-class Int8Gate(Section):
+class PrecisionGate(Section):
     min_top1_agreement: float = Field(
-        0.98, ge=0, le=1, description="Least fraction of positions where ONNX and PyTorch pick the same top token."
+        ge=0, le=1, description="Least fraction of positions where ONNX and PyTorch pick the same top token."
     )
-    max_kl: float = Field(0.01, ge=0, description="Largest mean KL(PyTorch‖ONNX) per token, in nats.")
+    max_kl: float = Field(ge=0, description="Largest mean KL(PyTorch‖ONNX) per token, in nats.")
     max_perplexity_increase: float = Field(
-        0.02, ge=0, description="Largest relative perplexity rise of ONNX over PyTorch (0.05 = +5%)."
-    )
-
-
-class Int4Gate(Int8Gate):
-    min_top1_agreement: float = Field(
-        0.9, ge=0, le=1, description="Least fraction of positions where ONNX and PyTorch pick the same top token."
-    )
-    max_kl: float = Field(0.1, ge=0, description="Largest mean KL(PyTorch‖ONNX) per token, in nats.")
-    max_perplexity_increase: float = Field(
-        0.1, ge=0, description="Largest relative perplexity rise of ONNX over PyTorch (0.05 = +5%)."
+        ge=0, description="Largest relative perplexity rise of ONNX over PyTorch (0.05 = +5%)."
     )
 
 
 class Gate(Section):
     tokens: int = Field(4096, gt=0, description="Held-out next-token positions measured per precision (at most).")
     fp32_max_abs_logit_diff: float = Field(1e-3, gt=0, description="Largest |ONNX − PyTorch| logit allowed at fp32.")
-    int8: Int8Gate = Field(default_factory=Int8Gate, description="Thresholds for the int8 export.")
-    int4: Int4Gate = Field(default_factory=Int4Gate, description="Thresholds for the int4 export.")
+    int8: PrecisionGate = Field(
+        default_factory=lambda: PrecisionGate(min_top1_agreement=0.98, max_kl=0.01, max_perplexity_increase=0.02),
+        description="Thresholds for the int8 export (default: top-1 agreement ≥ 0.98, KL ≤ 0.01, perplexity +2%).",
+    )
+    int4: PrecisionGate = Field(
+        default_factory=lambda: PrecisionGate(min_top1_agreement=0.9, max_kl=0.1, max_perplexity_increase=0.1),
+        description="Thresholds for the int4 export (default: top-1 agreement ≥ 0.9, KL ≤ 0.1, perplexity +10%).",
+    )
 
 
 class Export(Section):
