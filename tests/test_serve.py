@@ -160,8 +160,10 @@ def test_report_shows_the_run_report_with_its_images(tmp_path: Path, tiny_run: P
     assert report_parts(run) == ["# Run\n\n", image, "\n\nafter\n\n![gone](missing.png)\n"]
     (tmp_path / "report.md").unlink()
     assert report_parts(run) == [f"`{run.path}` has no report yet; it is written as the run's stages finish."]
-    text, plot, rest = report_parts(RunDir.open(tiny_run))  # the curriculum plot is a file of the run
-    assert plot == tiny_run / "curriculum.png" and "## Distillation" in text and "## Export" in rest
+    # the curriculum and cost charts are files of the run: each becomes its own part, in report order
+    text, curriculum, middle, cost, rest = report_parts(RunDir.open(tiny_run))
+    assert curriculum == tiny_run / "curriculum.png" and cost == tiny_run / "cost.png"
+    assert "## Distillation" in text and "## Export" in middle and "## Cost" in middle and "Break-even" in rest
 
 
 def test_not_a_run_directory_is_a_clear_error(tmp_path: Path):
