@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 RESULTS = ROOT / "benchmarks" / "results"
-TRAIN_ONE = "import sys; from minnow import pipeline; from minnow.rundir import RunDir; pipeline.distill(RunDir.open(sys.argv[1]))"
+TRAIN_ONE = "import sys; from minnow import pipeline; from minnow.core.rundir import RunDir; pipeline.distill(RunDir.open(sys.argv[1]))"
 
 
 def build_models(root: Path, teacher_hidden: int, teacher_layers: int, teacher_steps: int) -> dict[str, Path]:
@@ -94,8 +94,8 @@ def measured(cmd: list[str]) -> dict:
 
 
 def new_run(rec: dict, folder: Path) -> Path:
-    from minnow.recipe import load_recipe
-    from minnow.rundir import RunDir
+    from minnow.core.recipe import load_recipe
+    from minnow.core.rundir import RunDir
 
     path = folder / f"{rec['name']}.yaml"
     path.write_text(yaml.safe_dump(rec, sort_keys=False))
@@ -116,8 +116,8 @@ def arm(rec: dict, folder: Path, cached: bool) -> dict:
 
 def trained_tokens(rec: dict, steps: int) -> int:
     """Input tokens the Trainer feeds in ``steps`` steps (random order is a seeded shuffle of the same rows)."""
-    from distill.causal_lm import prepare
-    from minnow.recipe import Recipe
+    from minnow.distill.causal_lm import prepare
+    from minnow.core.recipe import Recipe
 
     p = prepare(Recipe.model_validate(rec))
     lengths = [len(r["input_ids"]) for r in p.train_rows]
@@ -127,9 +127,9 @@ def trained_tokens(rec: dict, steps: int) -> int:
 
 def heldout_kl(rec: dict, student_dir: Path) -> dict:
     """Full-vocabulary KL(teacher‖student), NLL and top-1 agreement on the held-out rows, with the real teacher."""
-    from distill.causal_lm import load_causal_lm, prepare
-    from distill.evaluate import evaluate_causal
-    from minnow.recipe import Recipe
+    from minnow.distill.causal_lm import load_causal_lm, prepare
+    from minnow.distill.evaluate import evaluate_causal
+    from minnow.core.recipe import Recipe
 
     r = Recipe.model_validate(rec)
     p = prepare(r)

@@ -51,9 +51,9 @@ def common(out: Path, steps: int) -> dict:
 
 
 def minnow_arm(pair: dict, rows: list[dict], steps: int, out: Path) -> list[float]:
-    from distill.causal_lm import tokenize
-    from distill.losses import IGNORE_INDEX, divergence
-    from distill.trainer import LogitDistillTrainer
+    from minnow.distill.causal_lm import tokenize
+    from minnow.distill.losses import IGNORE_INDEX, divergence
+    from minnow.distill.trainer import LogitDistillTrainer
 
     tok = AutoTokenizer.from_pretrained(pair["student"])
     data = [tokenize({"id": str(i), **r}, tok, True, 128) for i, r in enumerate(rows)]

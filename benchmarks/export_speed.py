@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from export.causal_lm import repair_shared_int8_head
+from minnow.export.causal_lm import repair_shared_int8_head
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))

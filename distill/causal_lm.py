@@ -14,12 +14,13 @@ from peft import LoraConfig, get_peft_model
 from rich.console import Console
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
-from minnow import atomic
-from minnow.errors import MinnowError
-from minnow.recipe import Recipe, Student, Teacher
-from minnow.rundir import RunDir
+from minnow.core import atomic
+from minnow.core.errors import MinnowError
+from minnow.core.recipe import Recipe, Student, Teacher
+from minnow.core.rundir import RunDir
 
 from .data import Example, split_examples
+from .models import load_causal_lm
 from .curriculum import causal_learnability, causal_scorers, example_text, plan_curriculum
 from .evaluate import batches, evaluate_cached, evaluate_causal
 from .generate import cached_responses, generate
@@ -29,25 +30,6 @@ from .schedules import scheduled
 from .teacher_cache import CachedTeacherCollator, TeacherCache, ensure_cache
 from .trainer import LogitDistillTrainer
 from .training import pick_device, save_pretrained, train_resuming, training_arguments
-
-RESPONSES_FILE = "data/teacher_responses.jsonl"
-STUDENT_INIT = "student_init"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def load_causal_lm(spec: Teacher | Student, device: torch.device) -> torch.nn.Module:
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            spec.path,
-            dtype=DTYPES[spec.dtype],
-            revision=spec.revision,
-            trust_remote_code=spec.trust_remote_code,
-            use_safetensors=True,
-        )
-    except (OSError, ValueError) as e:
-        raise MinnowError(f"cannot load model {spec.path!r}: {str(e).splitlines()[0]}") from None
-    return model.to(device)
-
 
 def check_tokenizers(teacher_path: str, student_tok: PreTrainedTokenizerBase) -> None:
     """Logit KD compares distributions token by token: both models must share one vocabulary."""
@@ -216,7 +198,7 @@ def teacher_responses(run: RunDir, teacher: Callable[[], torch.nn.Module], devic
             teacher(), tok, [ex["prompt"] for ex in chunk], recipe.data.chat_template, cfg.max_new_tokens,
             cfg.generation_temperature, cfg.eval_batch_size, device,
         )
-        responses = cached_responses(run.path / RESPONSES_FILE, train, write)
+        responses = cached_responses(run.teacher_responses, train, write)
         return [ex | {"response": responses[ex["id"]]} for ex in train]
 
     return rewrite
@@ -243,7 +225,7 @@ def cache_teacher(run: RunDir, prepared: Prepared | None = None, teacher: Callab
 def student_from_teacher(run: RunDir, teacher: Callable[[], torch.nn.Module], p: Prepared, device: torch.device):
     """The pruned copy of the teacher the recipe asks for, saved once in ``student_init/`` (a resumed run reuses it)."""
     recipe = run.recipe
-    spec, folder = recipe.student.from_teacher, run.path / STUDENT_INIT
+    spec, folder = recipe.student.from_teacher, run.student_init
     info_file = folder / "minnow_pruning.json"
     if not info_file.is_file():
         rows = p.train_rows[: spec.importance_examples]
@@ -296,7 +278,7 @@ def distill_causal_lm(run: RunDir) -> dict:
         texts = {ex["id"]: example_text(ex) for ex in train}
         scorers = causal_scorers(cache or teacher, student, train_rows, collate, cfg.eval_batch_size, device)
         plan = plan_curriculum(
-            recipe.curriculum, recipe.task, recipe.data, run.path, run.scores, ids, [texts[i] for i in ids], scorers
+            recipe.curriculum, recipe.task, recipe.data, run, ids, [texts[i] for i in ids], scorers
         )
     before = evaluate(student)
 
@@ -345,11 +327,11 @@ def distill_causal_lm(run: RunDir) -> dict:
         "parameters": {"teacher": _count(teacher) if teacher else cache_info["teacher_parameters"], "student": _count(student)},
         "loss": {"kd": _loss_name(cfg), "temperature": cfg.temperature, "ce_weight": cfg.ce_weight,
                  "mode": cfg.mode, "on_policy_fraction": cfg.on_policy_fraction},
-        "teacher_responses": RESPONSES_FILE if cfg.mode == "sequence" else None,
+        "teacher_responses": run.relative(run.teacher_responses) if cfg.mode == "sequence" else None,
         "teacher_cache": cache_info if cache else None,
         "student_from_teacher": derived,
         "tokenizer": {"tokens": len(tok), "chat_template": template or "teacher and student agree"},
-        "curriculum": plan.report(run.path),
+        "curriculum": plan.report(),
         "eval_before": before,
         "eval": after,
         "parity_prompts": [prompt_text(ex, tok, recipe.data.chat_template) for ex in heldout],

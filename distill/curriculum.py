@@ -24,17 +24,16 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.data import Sampler
 
-from minnow import atomic
-from minnow.errors import MinnowError
-from minnow.recipe import Curriculum, Data
+from minnow.core import atomic
+from minnow.core.errors import MinnowError
+from minnow.core.recipe import Curriculum, Data
+from minnow.core.rundir import RunDir
 
 from .data import BadRow, Example, _example, read_rows, stable_id
 from .schedules import FixedSchedule, OnlineSelection, ScheduleLog, in_order, paced, shuffled, soft
 from .teacher_cache import TeacherCache
 from .scorers import ScoreCache, heuristic_score, learnability, model_statistics, near_duplicates
 
-SCHEDULE_FILE = "data/schedule.jsonl"
-PLOT_FILE = "curriculum.png"
 
 # score → how a row of score columns ranks (lower = better) and the columns it reads
 RANK_KEYS: dict[str, tuple[Callable[[dict], float], tuple[str, ...]]] = {
@@ -100,7 +99,7 @@ def score_name(cfg: Curriculum, task: str) -> str:
 @dataclass
 class Plan:
     cfg: Curriculum
-    path: Path
+    run: RunDir
     ids: list[str]
     score: str
     rows: dict[str, dict]
@@ -118,7 +117,7 @@ class Plan:
 
         ``learnability(positions)`` scores candidates with the current student (``online`` order only).
         """
-        log = ScheduleLog(self.path / SCHEDULE_FILE, self.ids)
+        log = ScheduleLog(self.run.schedule, self.ids)
         order = self.cfg.order
         if order == "online":
             if learnability is None:
@@ -140,14 +139,14 @@ class Plan:
         return FixedSchedule(self.schedule)
 
     def realised(self) -> list[list[int]]:
-        return ScheduleLog(self.path / SCHEDULE_FILE, self.ids).read() if self.online else self.schedule
+        return ScheduleLog(self.run.schedule, self.ids).read() if self.online else self.schedule
 
-    def report(self, run_path: Path) -> dict:
+    def report(self) -> dict:
         """``report.json#distill.curriculum``; also draws ``curriculum.png``."""
         schedule = self.realised()
         trained = Counter(i for batch in schedule for i in batch)
         values = sorted(self.key[i] for i in self.ids if i in self.key)
-        draw_plot(run_path / PLOT_FILE, self, schedule)
+        draw_plot(self.run.curriculum_chart, self, schedule)
         costs = dict(self.costs)
         if self.online is not None:
             costs["online learnability"] = {"kind": "student-forward", "examples": self.online.scored,
@@ -155,9 +154,9 @@ class Plan:
         return {
             "order": self.cfg.order,
             "score": self.score,
-            "scores_file": str((self.path / "data" / "quality.jsonl").relative_to(run_path)),
-            "schedule_file": SCHEDULE_FILE,
-            "plot": PLOT_FILE,
+            "scores_file": self.run.relative(self.run.scores),
+            "schedule_file": self.run.relative(self.run.schedule),
+            "plot": self.run.relative(self.run.curriculum_chart),
             "examples": len(self.ids),
             "kept": len(self.ranking),
             "dropped": dict(Counter(self.dropped.values())),
@@ -171,11 +170,11 @@ class Plan:
 
 
 def plan_curriculum(
-    cfg: Curriculum, task: str, data: Data, run_path: Path, scores_file: Path, ids: list[str], texts: list[str],
+    cfg: Curriculum, task: str, data: Data, run: RunDir, ids: list[str], texts: list[str],
     scorers: dict[str, Scorer],
 ) -> Plan:
     """Score the training examples (``ids``, with their ``texts``), drop what the recipe drops, rank the rest."""
-    cache = ScoreCache(scores_file)
+    cache = ScoreCache(run.scores, run.scorer_costs)
     name = score_name(cfg, task)
     rank_key, needed = RANK_KEYS[name]
     cache.columns("heuristic rules", "cheap", ids, lambda pos: [{"heuristic": heuristic_score(texts[i])} for i in pos])
@@ -205,7 +204,7 @@ def plan_curriculum(
         raise MinnowError("curriculum: every training example was dropped (heuristic_filter / near_dedup); loosen them")
     ranking = candidates[: max(1, math.ceil(cfg.keep * len(candidates)))]
     dropped |= {ids[p]: "below keep" for p in candidates[len(ranking) :]}
-    return Plan(cfg, run_path, ids, name, rows, key, dropped, ranking, dict(cache.costs))
+    return Plan(cfg, run, ids, name, rows, key, dropped, ranking, dict(cache.costs))
 
 
 def draw_plot(path: Path, plan: Plan, schedule: list[list[int]]) -> None:

@@ -20,8 +20,8 @@ from typing import Any, Callable
 from rich.console import Console
 from rich.markup import escape
 
-from minnow.errors import MinnowError
-from minnow.recipe import Data, Recipe
+from minnow.core.errors import MinnowError
+from minnow.core.recipe import Data, Recipe
 
 Example = dict[str, Any]
 Row = tuple[str, dict]

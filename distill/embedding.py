@@ -19,13 +19,14 @@ from rich.progress import track
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerBase
 
-from export.embedding import PROJECTION_FILE, EncoderWithPooling, TorchEncoder, load_encoder
-from minnow import atomic
-from minnow.errors import MinnowError
-from minnow.recipe import Recipe
-from minnow.rundir import RunDir
+from minnow.core import atomic
+from minnow.core.errors import MinnowError
+from minnow.core.recipe import Recipe
+from minnow.core.rundir import RunDir
 
 from .data import split_examples
+from .encoder import PROJECTION_FILE, EncoderWithPooling, TorchEncoder, load_encoder
+from .models import check_mean_pooling, local_model_dir
 from .metrics import agreement
 from .curriculum import Scorer, embedding_learnability, plan_curriculum
 from .schedules import scheduled
@@ -33,27 +34,7 @@ from .scorers import ScoreCache
 from .trainer import EmbeddingDistillTrainer
 from .training import pick_device, train_resuming, training_arguments
 
-HELDOUT_FILE = "data/heldout.jsonl"
-CORPUS_FILE = "data/corpus.jsonl"
 DEMO_CORPUS = 2000
-
-
-def local_model_dir(ref: str, revision: str | None) -> Path:
-    """An existing folder as is; a hub id downloaded (weights as safetensors only) into the hub cache."""
-    if Path(ref).is_dir():
-        return Path(ref)
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(ref, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.txt", "1_Pooling/*"]))
-    except Exception as e:
-        raise MinnowError(f"cannot fetch {ref!r} from the model hub: {str(e).splitlines()[0]}") from None
-
-
-def check_mean_pooling(model_dir: Path) -> None:
-    pooling = model_dir / "1_Pooling" / "config.json"
-    if pooling.is_file() and not json.loads(pooling.read_text()).get("pooling_mode_mean_tokens", True):
-        raise MinnowError(f"{pooling}: only mean-pooling sentence encoders are supported (like all-MiniLM-L6-v2)")
 
 
 def derive_student(teacher: EncoderWithPooling, layers: list[int]) -> EncoderWithPooling:
@@ -99,7 +80,7 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def _cached_teacher(run: RunDir, teacher, tok, texts, ids, cfg, device) -> tuple[np.ndarray, dict[str, float]]:
     """Teacher embeddings and scores, cached in the run directory (a resumed run does not recompute them)."""
-    cache = run.path / "data" / "teacher_embeddings.safetensors"
+    cache = run.teacher_embeddings
     if cache.is_file():
         stored = load_file(cache)
         cached_ids = json.loads((cache.with_suffix(".ids.json")).read_text())
@@ -131,17 +112,17 @@ def distill_embedding(run: RunDir) -> dict:
             student.projection = torch.nn.Linear(student.dim, teacher.dim)
 
     train, heldout, counts = split_examples(recipe)
-    _write_jsonl(run.path / HELDOUT_FILE, heldout)
-    _write_jsonl(run.path / CORPUS_FILE, heldout + train[: max(0, DEMO_CORPUS - len(heldout))])
+    _write_jsonl(run.heldout, heldout)
+    _write_jsonl(run.corpus, heldout + train[: max(0, DEMO_CORPUS - len(heldout))])
 
     everything = train + heldout
     ids = [ex["id"] for ex in everything]
     emb, scores = _cached_teacher(run, teacher, tok, [ex["text"] for ex in everything], ids, cfg, device)
-    ScoreCache(run.scores).set_column("incoherence", scores)
+    ScoreCache(run.scores, run.scorer_costs).set_column("incoherence", scores)
     train_emb, held_emb = emb[: len(train)], emb[len(train) :]
     train_ids = ids[: len(train)]
     free = Scorer("free", ("incoherence",), lambda pos: [{"incoherence": scores[train_ids[i]]} for i in pos])
-    plan = plan_curriculum(recipe.curriculum, recipe.task, recipe.data, run.path, run.scores, train_ids,
+    plan = plan_curriculum(recipe.curriculum, recipe.task, recipe.data, run, train_ids,
                            [ex["text"] for ex in train], {"teacher pass (targets)": free})
 
     held_texts = [ex["text"] for ex in heldout]
@@ -191,7 +172,7 @@ def distill_embedding(run: RunDir) -> dict:
         "loss_log": [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e],
         "parameters": {"teacher": _count(teacher), "student": _count(student)},
         "layers": {"teacher": teacher.encoder.config.num_hidden_layers, "student": student.encoder.config.num_hidden_layers},
-        "curriculum": plan.report(run.path),
+        "curriculum": plan.report(),
         "eval_before": {"student": before, "texts": len(heldout)},
         "eval": {"student": after, "texts": len(heldout)},
         "parity_prompts": held_texts,

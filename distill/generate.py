@@ -15,7 +15,7 @@ import torch
 from rich.progress import track
 from transformers import PreTrainedTokenizerBase
 
-from minnow import atomic
+from minnow.core import atomic
 
 from .data import Example
 

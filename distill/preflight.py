@@ -15,8 +15,8 @@ import struct
 from pathlib import Path
 from typing import NamedTuple
 
-from minnow.errors import MinnowError
-from minnow.recipe import Recipe
+from minnow.core.errors import MinnowError
+from minnow.core.recipe import Recipe
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 ADAM_STATE_PER_WEIGHT = 4  # the weight, its gradient and AdamW's two moments, each in the weight's dtype

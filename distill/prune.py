@@ -16,8 +16,8 @@ from typing import Iterable
 
 import torch
 
-from minnow.errors import MinnowError
-from minnow.recipe import FromTeacher
+from minnow.core.errors import MinnowError
+from minnow.core.recipe import FromTeacher
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:

@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
-from minnow import atomic
+from minnow.core import atomic
 
 
 def pacing(kind: str, start: float, progress: float) -> float:

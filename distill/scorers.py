@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 import torch
 from rich.progress import track
 
-from minnow import atomic
+from minnow.core import atomic
 
 from .evaluate import batches
 from .losses import IGNORE_INDEX, shift_for_next_token, token_cross_entropy
@@ -36,9 +36,9 @@ LINE_END_PUNCTUATION = (".", "!", "?", '"', "'", ":", ";", ")", "”", "’")
 class ScoreCache:
     """Score columns per stable example id in a JSONL file, and each scorer's measured cost in a JSON sidecar."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, cost_path: Path) -> None:
         self.path = path
-        self.cost_path = path.with_name("scorers.json")
+        self.cost_path = cost_path
         self.rows: dict[str, dict] = {}
         if path.is_file():
             self.rows = {r["id"]: r for r in map(json.loads, path.read_text().splitlines()) if r}

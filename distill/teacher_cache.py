@@ -31,9 +31,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerBase
 
-from minnow import atomic
-from minnow.errors import MinnowError
-from minnow.recipe import Recipe
+from minnow.core import atomic
+from minnow.core.errors import MinnowError
+from minnow.core.recipe import Recipe
 
 from .evaluate import batches
 from .losses import IGNORE_INDEX, shift_for_next_token

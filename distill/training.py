@@ -11,8 +11,8 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from minnow import atomic
-from minnow.recipe import Recipe
+from minnow.core import atomic
+from minnow.core.recipe import Recipe
 
 
 def pick_device(choice: str) -> torch.device:

@@ -24,9 +24,9 @@ import onnxruntime_genai as og
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
-from minnow.atomic import output_dir
-from minnow.errors import MinnowError
-from minnow.recipe import Gate
+from minnow.core.atomic import output_dir
+from minnow.core.errors import MinnowError
+from minnow.core.recipe import Gate
 
 from . import gate as quality_gate
 from .mobile import DEFAULT_MAX_LENGTH, write_mobile

@@ -80,7 +80,7 @@ def peak_rss_mb() -> float:
 def measure(folder: Path, threads: int) -> dict:
     """:func:`measure_here` in a fresh Python process."""
     run = subprocess.run(
-        [sys.executable, "-m", "export.figures", str(Path(folder).resolve()), str(threads)],
+        [sys.executable, "-m", "minnow.export.figures", str(Path(folder).resolve()), str(threads)],
         capture_output=True,
         text=True,
         check=True,

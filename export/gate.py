@@ -17,14 +17,14 @@ import onnxruntime_genai as og
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from minnow.errors import MinnowError
-from minnow.recipe import Gate, Recipe
+from minnow.core.errors import MinnowError
+from minnow.core.recipe import Gate, Recipe
 
 
 def heldout_sequences(recipe: Recipe, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> list[list[int]]:
     """The run's held-out examples tokenized as training saw them (chat template included), up to ``max_tokens``."""
-    from distill.causal_lm import tokenize
-    from distill.data import split_examples
+    from minnow.distill.causal_lm import tokenize
+    from minnow.distill.data import split_examples
 
     _, heldout, _ = split_examples(recipe)
     sequences, total = [], 0

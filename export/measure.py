@@ -1,5 +1,5 @@
 """Side-by-side figures for every variant of a run (teacher, student, each ONNX precision), same inputs and threads:
-speed, energy per request (metered by :class:`minnow.cost.EnergyMeter`) and, for embedding runs, quality kept."""
+speed, energy per request (metered by :class:`minnow.core.energy.EnergyMeter`) and, for embedding runs, quality kept."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from statistics import mean
 
 import torch
 
-from distill.metrics import agreement
-from minnow.cost import EnergyMeter
-from minnow.rundir import RunDir
+from minnow.distill.metrics import agreement
+from minnow.core.energy import EnergyMeter
+from minnow.core.rundir import RunDir
 
 from .embedding import OnnxEncoder, TorchEncoder, throughput
 
@@ -75,9 +75,8 @@ def measure_causal(run: RunDir, meter: EnergyMeter, threads: int | None = None) 
     """Greedy generation of ``serve.max_new_tokens`` for each of the demo benchmark's held-out prompts (one request
     each) by the teacher, the student and each ONNX precision, through the demo's own code path: tokens/s, time to
     first token and energy."""
-    from serve.benchmark import causal_prompts
-    from serve.generate import stream_text
-    from serve.variants import compare_variants
+    from .generate import stream_text
+    from .variants import compare_variants
 
     prompts = causal_prompts(run.report())
     threads = threads or os.cpu_count() or 1

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from minnow.errors import MinnowError
+from minnow.core.errors import MinnowError
 
 ORT_MODEL = "model.ort"
 OPERATORS_CONFIG = "model.required_operators.config"

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import MinnowError
+from .core.errors import MinnowError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__)
 err = Console(stderr=True)
@@ -42,10 +42,10 @@ def _guard(fn):
 @_guard
 def validate(recipe: RecipeArg) -> None:
     """Check a recipe, its data, and its models when they are local; print it with every default filled in."""
-    from distill.data import check_data
-    from distill.preflight import preflight
+    from minnow.distill.data import check_data
+    from minnow.distill.preflight import preflight
 
-    from .recipe import load_recipe, to_yaml
+    from .core.recipe import load_recipe, to_yaml
 
     loaded = load_recipe(recipe)
     summary = check_data(loaded)
@@ -84,8 +84,8 @@ def schema(
     """The recipe's JSON schema, for completion and checks in editors (YAML language server)."""
     import json
 
-    from . import atomic
-    from .recipe import Recipe
+    from .core import atomic
+    from .core.recipe import Recipe
 
     text = json.dumps(Recipe.model_json_schema(), indent=2, ensure_ascii=False) + "\n"
     if output is None:
@@ -104,8 +104,8 @@ def run(
 ) -> None:
     """validate → distill → export → report (→ demo with --serve)."""
     from . import pipeline
-    from .recipe import load_recipe
-    from .rundir import RunDir
+    from .core.recipe import load_recipe
+    from .core.rundir import RunDir
 
     if (recipe is None) == (resume is None):
         raise MinnowError("give a RECIPE to start a run, or --resume RUN_DIR to continue one")
@@ -128,8 +128,8 @@ def run(
 def distill_cmd(recipe: RecipeArg) -> None:
     """Only the distill stage: make a run directory with the trained student."""
     from . import pipeline
-    from .recipe import load_recipe
-    from .rundir import RunDir
+    from .core.recipe import load_recipe
+    from .core.rundir import RunDir
 
     run_dir = RunDir.create(load_recipe(recipe))
     with pipeline.removed_on_error(run_dir):
@@ -142,8 +142,8 @@ def distill_cmd(recipe: RecipeArg) -> None:
 def teacher_cache_cmd(recipe: RecipeArg) -> None:
     """Only the teacher-cache stage: a run directory whose teacher_cache/ holds the teacher's top-k logits."""
     from . import pipeline
-    from .recipe import load_recipe
-    from .rundir import RunDir
+    from .core.recipe import load_recipe
+    from .core.rundir import RunDir
 
     loaded = load_recipe(recipe)
     if loaded.task != "causal-lm" or not loaded.distill.teacher_cache:
@@ -160,7 +160,7 @@ def teacher_cache_cmd(recipe: RecipeArg) -> None:
 def export_cmd(run_dir: RunArg) -> None:
     """Only the export stage: ONNX folders for every precision of the recipe, with parity gates."""
     from . import pipeline
-    from .rundir import RunDir
+    from .core.rundir import RunDir
 
     run = RunDir.open(run_dir)
     if not (run.student / "config.json").is_file():
@@ -174,7 +174,7 @@ def export_cmd(run_dir: RunArg) -> None:
 def report_cmd(run_dir: RunArg) -> None:
     """Rewrite report.md from report.json."""
     from . import pipeline
-    from .rundir import RunDir
+    from .core.rundir import RunDir
 
     pipeline.report(RunDir.open(run_dir))
 
@@ -190,6 +190,6 @@ def serve(
 
 
 def _serve(run_dirs: list[Path], port: int | None = None) -> None:
-    from serve.app import launch
+    from minnow.serve.app import launch
 
     launch(run_dirs, port)

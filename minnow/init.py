@@ -17,11 +17,11 @@ from typing import Any, Callable
 import yaml
 from pydantic import BaseModel
 
-from distill.data import dedup, load_examples, read_rows
+from minnow.distill.data import dedup, load_examples, read_rows
 
-from . import atomic
-from .errors import MinnowError
-from .recipe import Data, Recipe, load_recipe, resolve_model_path
+from .core import atomic
+from .core.errors import MinnowError
+from .core.recipe import Data, Recipe, load_recipe, resolve_model_path
 
 SAMPLE_ROWS = 200
 TASKS = typing.get_args(Recipe.model_fields["task"].annotation)

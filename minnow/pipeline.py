@@ -8,10 +8,11 @@ from typing import Iterator
 
 from rich.console import Console
 
-from .cost import cost_section, energy_meter
-from .errors import MinnowError
-from .report import write_markdown
-from .rundir import RunDir
+from .core.energy import energy_meter
+from .report.cost import cost_section
+from .core.errors import MinnowError
+from .report.markdown import write_markdown
+from .core.rundir import RunDir
 
 console = Console(stderr=True)
 
@@ -29,9 +30,9 @@ def removed_on_error(run: RunDir, unless: bool = False) -> Iterator[None]:
 
 def distill(run: RunDir) -> None:
     if run.recipe.task == "causal-lm":
-        from distill.causal_lm import distill_causal_lm as flow
+        from minnow.distill.causal_lm import distill_causal_lm as flow
     else:
-        from distill.embedding import distill_embedding as flow
+        from minnow.distill.embedding import distill_embedding as flow
     console.rule(f"[bold]distill[/] {run.recipe.teacher.path} → student")
     with energy_meter(run.recipe.cost).task() as energy:
         section = flow(run)
@@ -47,7 +48,7 @@ def record_energy(run: RunDir, stage: str, energy: dict) -> None:
 
 def teacher_cache(run: RunDir) -> None:
     """Run the teacher once over train and held-out data and keep its top-k logits in teacher_cache/."""
-    from distill.causal_lm import cache_teacher
+    from minnow.distill.causal_lm import cache_teacher
 
     console.rule(f"[bold]teacher-cache[/] {run.recipe.teacher.path} → {run.teacher_cache.name}/")
     with energy_meter(run.recipe.cost).task() as energy:
@@ -66,8 +67,8 @@ def export(run: RunDir) -> None:
         if recipe.task == "causal-lm":
             from transformers import AutoTokenizer
 
-            from export.causal_lm import export_causal_lm
-            from export.gate import heldout_sequences
+            from minnow.export.causal_lm import export_causal_lm
+            from minnow.export.gate import heldout_sequences
 
             sequences = heldout_sequences(recipe, AutoTokenizer.from_pretrained(run.student), recipe.export.gate.tokens)
             section = export_causal_lm(
@@ -83,11 +84,11 @@ def export(run: RunDir) -> None:
                 max_length=recipe.export.max_length,
             )
         else:
-            from export.embedding import export_embedding
+            from minnow.export.embedding import export_embedding
 
             section = export_embedding(run.student, run.onnx, recipe.export.precisions, prompts)
     if recipe.task == "causal-lm" and recipe.export.measure:
-        from export.figures import artefact_figures
+        from minnow.export.figures import artefact_figures
 
         console.rule("[bold]measure[/] each exported folder, one process each")
         for entry in section.values():
@@ -101,24 +102,23 @@ def measure(run: RunDir) -> None:
     """Every variant on the same held-out inputs and threads: speed, energy per request and (embedding) quality."""
     import json
 
-    from distill.embedding import HELDOUT_FILE
-    from export.measure import measure_causal, measure_embedding
+    from minnow.export.measure import measure_causal, measure_embedding
 
     console.rule("[bold]measure[/] teacher, student and each ONNX precision")
     meter = energy_meter(run.recipe.cost)
     if run.recipe.task == "causal-lm":
         run.update_report("variants", measure_causal(run, meter))
         return
-    texts = [json.loads(line)["text"] for line in (run.path / HELDOUT_FILE).read_text().splitlines()]
+    texts = [json.loads(line)["text"] for line in run.heldout.read_text().splitlines()]
     run.update_report("variants", measure_embedding(run, texts, meter))
 
 
 def report(run: RunDir) -> None:
     costs = cost_section(run.report(), run.recipe.cost)
     if costs:
-        run.update_report("cost", costs)
+        run.update_report("cost", costs | {"chart": run.relative(run.cost_chart)})
     write_markdown(run)
-    console.print(f"report: {run.path / 'report.md'}")
+    console.print(f"report: {run.report_md}")
 
 
 def is_distilled(run: RunDir) -> bool:
@@ -127,5 +127,5 @@ def is_distilled(run: RunDir) -> bool:
 
 def is_exported(run: RunDir) -> bool:
     report = run.report()
-    mobile = "mobile" not in run.recipe.export.targets or (run.path / "mobile").is_dir()
+    mobile = "mobile" not in run.recipe.export.targets or run.mobile.is_dir()
     return "export" in report and "variants" in report and mobile and all((run.onnx / p).is_dir() for p in run.recipe.export.precisions)

@@ -22,15 +22,15 @@ from pathlib import Path
 import gradio as gr
 from matplotlib.figure import Figure
 
-from minnow.cost import cost_figure, serving_table
-from minnow.recipe import Serve
-from minnow.rundir import RunDir
+from minnow.report.cost import cost_figure, serving_table
+from minnow.core.recipe import Serve
+from minnow.core.rundir import RunDir
 
 from .benchmark import MAX_PROMPTS, Row, figure, quality_retained, time_variant
-from .generate import stream_text
+from minnow.export.generate import stream_text
 from .report import report_parts
 from .search import search, warm_indexes
-from .variants import SearchGroup, Variant, compare_variants, open_runs, search_groups, slugify
+from minnow.export.variants import SearchGroup, Variant, compare_variants, open_runs, search_groups, slugify
 
 THREADS = (1, 2, 4)
 DEFAULT_THREADS = min(2, os.cpu_count() or 1)
@@ -219,7 +219,7 @@ def _benchmark_tab(
             yield _rows(rows, jobs), None
             reports = {run.path: run.report() for run in runs}
             for variant, corpus in jobs:
-                report = reports[variant.run]
+                report = reports[variant.run.path]
                 try:
                     timing, label = time_variant(variant, corpus, report, settings, n_threads), variant.label
                 except Exception as e:  # one broken variant must not take the others down

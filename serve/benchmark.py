@@ -16,13 +16,13 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from distill.embedding import HELDOUT_FILE
-from minnow.errors import MinnowError
-from minnow.recipe import Serve
+from minnow.core.errors import MinnowError
+from minnow.core.recipe import Serve
+from minnow.core.rundir import RunDir
 
-from .generate import stream_text
+from minnow.export.generate import stream_text
 from .search import search
-from .variants import Variant
+from minnow.export.variants import Variant
 
 MAX_PROMPTS = 8
 
@@ -59,9 +59,9 @@ def causal_prompts(report: dict[str, Any]) -> list[str]:
     return prompts[:MAX_PROMPTS]
 
 
-def embedding_queries(run: Path) -> list[str]:
+def embedding_queries(run: RunDir) -> list[str]:
     """The run's held-out texts, used as search queries, at most MAX_PROMPTS."""
-    file = run / HELDOUT_FILE
+    file = run.heldout
     if not file.is_file():
         raise MinnowError(f"{file} is missing: the held-out texts are written by the distill stage")
     lines = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from minnow.report import markdown
-from minnow.rundir import RunDir
+from minnow.report.markdown import markdown
+from minnow.core.rundir import RunDir
 
 IMAGE = re.compile(r"!\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 
@@ -20,7 +20,7 @@ def report_parts(run: RunDir) -> list[str | Path]:
 
     Images that are not files inside the run directory stay in the text as they are.
     """
-    file = run.path / "report.md"
+    file = run.report_md
     if file.is_file():
         text = file.read_text(encoding="utf-8")
     elif run.report():

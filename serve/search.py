@@ -17,13 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distill.embedding import local_model_dir
-from export.embedding import OnnxEncoder, TorchEncoder
-from minnow.errors import MinnowError
+from minnow.distill.models import local_model_dir
+from minnow.export.embedding import OnnxEncoder, TorchEncoder
+from minnow.core.errors import MinnowError
 
-from .variants import SearchGroup, Variant, cached, corpus_digest
+from minnow.export.variants import SearchGroup, Variant, cached, corpus_digest
 
-CACHE_DIR = "serve_cache"
 MAX_LENGTH = 128
 
 
@@ -79,7 +78,7 @@ def corpus_index(
     variant: Variant, model: TorchEncoder | OnnxEncoder, rows: list[dict[str, str]], corpus_file: Path
 ) -> np.ndarray:
     """Normalised corpus embeddings [len(rows), dim]: from memory, else from the saved file, else computed."""
-    file = variant.run / CACHE_DIR / f"{variant.slug}-{_fingerprint(variant, corpus_file)}.npy"
+    file = variant.run.serve_cache / f"{variant.slug}-{_fingerprint(variant, corpus_file)}.npy"
 
     def load_or_embed() -> np.ndarray:
         if file.is_file():

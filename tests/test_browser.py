@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from serve.variants import compare_variants, open_runs
+from minnow.export.variants import compare_variants, open_runs
 
 pytestmark = pytest.mark.browser
 

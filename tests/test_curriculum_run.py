@@ -38,7 +38,7 @@ def test_online_selection_trains_on_the_kept_examples_and_reports_them(tiny_pair
     md = (run_dir / "report.md").read_text()
     assert "![score distribution" in md and "(curriculum.png)" in md and "online learnability" in md
     assert (run_dir / "curriculum.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    from minnow.rundir import RunDir
-    from serve.report import report_parts
+    from minnow.core.rundir import RunDir
+    from minnow.serve.report import report_parts
 
     assert run_dir / "curriculum.png" in report_parts(RunDir.open(run_dir))

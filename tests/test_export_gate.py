@@ -15,11 +15,11 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import run_minnow
-from export import gate
-from export.causal_lm import export_causal_lm
-from minnow.errors import MinnowError
-from minnow.recipe import Gate
-from minnow.rundir import RunDir
+from minnow.export import gate
+from minnow.export.causal_lm import export_causal_lm
+from minnow.core.errors import MinnowError
+from minnow.core.recipe import Gate
+from minnow.core.rundir import RunDir
 
 PROMPTS = ["My printer will not charge. What should I do?"]
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_recipe, write_recipe
-from export.causal_lm import export_causal_lm, stream_generate
-from export.gate import heldout_sequences
-from minnow.errors import MinnowError
-from minnow.recipe import Gate, load_recipe
-from minnow.rundir import RunDir
+from minnow.export.causal_lm import export_causal_lm, stream_generate
+from minnow.export.gate import heldout_sequences
+from minnow.core.errors import MinnowError
+from minnow.core.recipe import Gate, load_recipe
+from minnow.core.rundir import RunDir
 
 PROMPTS = ["My printer will not charge. What should I do?", "My router is very slow. What should I do?"]
 
@@ -58,7 +58,7 @@ def test_mobile_artefact_passes_the_checker_and_its_gate(mobile: dict) -> None:
 def test_mobile_generates_like_the_int4_folder(mobile: dict) -> None:
     from transformers import AutoTokenizer
 
-    from export.causal_lm import encode_prompt
+    from minnow.export.causal_lm import encode_prompt
 
     ids = encode_prompt(AutoTokenizer.from_pretrained(mobile["root"] / "mobile"), PROMPTS[0])
     assert list(stream_generate(mobile["root"] / "mobile", ids, 12)) == list(stream_generate(mobile["root"] / "onnx" / "int4", ids, 12))

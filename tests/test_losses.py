@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from distill.losses import IGNORE_INDEX, forward_kl, kd_loss_sum, embedding_cosine, embedding_mse
+from minnow.distill.losses import IGNORE_INDEX, forward_kl, kd_loss_sum, embedding_cosine, embedding_mse
 
 
 def test_forward_kl_matches_hand_computation():
@@ -77,7 +77,7 @@ import pytest  # noqa: E402
 from scipy.spatial.distance import jensenshannon  # noqa: E402
 from scipy.stats import entropy  # noqa: E402
 
-from distill.losses import (  # noqa: E402
+from minnow.distill.losses import (  # noqa: E402
     divergence,
     generalized_jsd,
     reverse_kl,

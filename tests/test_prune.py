@@ -9,8 +9,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import run_minnow, tiny_recipe, write_recipe
-from distill.prune import block_importance, derive_causal_student, keep_layers, mlp_unit_importance, prune_mlp
-from minnow.recipe import FromTeacher
+from minnow.distill.prune import block_importance, derive_causal_student, keep_layers, mlp_unit_importance, prune_mlp
+from minnow.core.recipe import FromTeacher
 
 
 def _batch(pair):

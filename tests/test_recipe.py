@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from conftest import run_minnow, tiny_recipe, write_recipe
-from minnow.recipe import Recipe, load_recipe
+from minnow.core.recipe import Recipe, load_recipe
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
 

@@ -12,8 +12,8 @@ import yaml
 from safetensors.numpy import save_file
 
 from conftest import run_minnow, write_recipe
-from minnow.errors import MinnowError
-from minnow.recipe import Data, load_recipe
+from minnow.core.errors import MinnowError
+from minnow.core.recipe import Data, load_recipe
 from tiny_models import CHAT_TEMPLATE, support_tickets, train_tokenizer
 
 ROOT = Path(__file__).parents[1]
@@ -99,8 +99,8 @@ def test_init_embedding_and_refusing_to_overwrite(tmp_path):
 
 
 def test_chat_tokenization_trains_only_assistant_turns():
-    from distill.causal_lm import prompt_text, tokenize
-    from distill.losses import IGNORE_INDEX
+    from minnow.distill.causal_lm import prompt_text, tokenize
+    from minnow.distill.losses import IGNORE_INDEX
 
     tok = train_tokenizer([m["content"] for m in CHAT] + [r["prompt"] for r in support_tickets(50)])
     assert tok.chat_template == CHAT_TEMPLATE
@@ -123,7 +123,7 @@ def _jsonl(path: Path, lines: list[str]) -> Path:
 
 
 def test_bad_rows_stop_or_are_skipped_and_named(tmp_path, capsys):
-    from distill.data import check_data, load_examples
+    from minnow.distill.data import check_data, load_examples
 
     good = json.dumps({"prompt": "a", "response": "b"})
     data = _jsonl(tmp_path / "d.jsonl", [good, "{not json", json.dumps({"prompt": "c"}), good.replace("b", "d")])
@@ -154,7 +154,7 @@ def test_bad_rows_stop_or_are_skipped_and_named(tmp_path, capsys):
 def test_csv_messages_and_saved_dataset_folders(tmp_path):
     import datasets
 
-    from distill.data import load_examples
+    from minnow.distill.data import load_examples
 
     (tmp_path / "t.csv").write_text('ticket,label\n"two\nlines",billing\ntoo,many,values\nok,shipping\n')
     with pytest.raises(MinnowError, match=r"t\.csv:4: expected 2"):
@@ -193,7 +193,7 @@ def _model_folder(path: Path, texts: list[str], hidden: int, layers: int) -> Pat
 
 
 def test_validate_checks_local_tokenizers_and_memory(tmp_path):
-    from distill.preflight import preflight, training_memory
+    from minnow.distill.preflight import preflight, training_memory
 
     texts = [r["prompt"] for r in support_tickets(40)]
     _model_folder(tmp_path / "teacher", texts, hidden=32, layers=4)

@@ -87,7 +87,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_pair, tmp_path):
 
 
 def test_resume_skips_a_checkpoint_killed_while_being_written(tmp_path):
-    from distill.training import last_complete_checkpoint
+    from minnow.distill.training import last_complete_checkpoint
 
     for step, state in ((5, "{}"), (10, '{"global_step": 10}'), (15, '{"global_st'), (20, None)):
         (tmp_path / f"checkpoint-{step}").mkdir()

@@ -19,15 +19,15 @@ from gradio_client.utils import Status
 from gradio_client.exceptions import AppError
 from transformers import AutoModel, AutoTokenizer
 
-from distill.embedding import CORPUS_FILE, HELDOUT_FILE
-from export.embedding import export_embedding
-from minnow.errors import MinnowError
-from minnow.recipe import Recipe, to_yaml
-from minnow.rundir import RESOLVED, RunDir
-from serve.app import MODELS, build_app
-from serve.report import report_parts
-from serve.search import warm_indexes
-from serve.variants import compare_variants, open_runs, search_groups
+from minnow.distill.embedding import CORPUS_FILE, HELDOUT_FILE
+from minnow.export.embedding import export_embedding
+from minnow.core.errors import MinnowError
+from minnow.core.recipe import Recipe, to_yaml
+from minnow.core.rundir import RESOLVED, RunDir
+from minnow.serve.app import MODELS, build_app
+from minnow.serve.report import report_parts
+from minnow.serve.search import warm_indexes
+from minnow.export.variants import compare_variants, open_runs, search_groups
 
 PROMPT = "My router is very slow. What should I do?"
 THREADS = 1

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import run_minnow, tiny_recipe, write_recipe
-from distill.losses import IGNORE_INDEX
-from distill.teacher_cache import LSE_1, LSE_T, NLL, TAIL_1, TAIL_T, cache_rows
+from minnow.distill.losses import IGNORE_INDEX
+from minnow.distill.teacher_cache import LSE_1, LSE_T, NLL, TAIL_1, TAIL_T, cache_rows
 
 
 def test_cache_rows_hold_top_k_partition_tail_and_nll():
@@ -36,8 +36,8 @@ def test_cache_rows_hold_top_k_partition_tail_and_nll():
 
 
 def test_curriculum_statistics_from_the_cache_match_the_full_logits():
-    from distill.scorers import token_statistics
-    from distill.teacher_cache import cached_statistics
+    from minnow.distill.scorers import token_statistics
+    from minnow.distill.teacher_cache import cached_statistics
 
     torch.manual_seed(1)
     logits = torch.randn(1, 9, 12) * 2
@@ -81,9 +81,9 @@ def test_teacher_cache_command_writes_shards_index_and_provenance(cached_run):
 
 
 def test_training_from_the_cache_never_loads_the_teacher(cached_run, monkeypatch):
-    import distill.causal_lm as flow
+    import minnow.distill.causal_lm as flow
     from minnow import pipeline
-    from minnow.rundir import RunDir
+    from minnow.core.rundir import RunDir
 
     run_dir, _ = cached_run
     run = RunDir.open(run_dir)
@@ -110,7 +110,7 @@ def test_training_from_the_cache_never_loads_the_teacher(cached_run, monkeypatch
 
 def test_stale_cache_is_named_then_rebuilt_when_asked(cached_run):
     from minnow import pipeline
-    from minnow.rundir import RunDir
+    from minnow.core.rundir import RunDir
 
     run_dir, data = cached_run
     lines = data.read_text().splitlines(keepends=True)

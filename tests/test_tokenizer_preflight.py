@@ -8,8 +8,8 @@ import shutil
 from transformers import AutoTokenizer
 
 from conftest import tiny_recipe, write_recipe
-from distill.preflight import preflight
-from minnow.recipe import load_recipe
+from minnow.distill.preflight import preflight
+from minnow.core.recipe import load_recipe
 
 
 def test_padding_and_chat_template_differences_are_reported(tiny_pair, tmp_path):

@@ -7,8 +7,8 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, TrainingArguments
 
-from distill.losses import IGNORE_INDEX, divergence, kd_loss_sum
-from distill.trainer import LogitDistillTrainer
+from minnow.distill.losses import IGNORE_INDEX, divergence, kd_loss_sum
+from minnow.distill.trainer import LogitDistillTrainer
 
 
 def _rows(tok) -> list[dict]:

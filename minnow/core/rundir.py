@@ -59,6 +59,60 @@ class RunDir:
             raise MinnowError(f"{path}: not a run directory (no {RESOLVED}); make one with `minnow run RECIPE`")
         return cls(path.resolve(), load_recipe(path / RESOLVED))
 
+    # Every path a run directory holds is named here; stages ask for it instead of spelling it.
+    @property
+    def resolved_recipe(self) -> Path:
+        return self.path / RESOLVED
+
+    @property
+    def data(self) -> Path:
+        return self.path / "data"
+
+    @property
+    def scores(self) -> Path:
+        """Every curriculum score per example id."""
+        return self.data / "quality.jsonl"
+
+    @property
+    def scorer_costs(self) -> Path:
+        return self.data / "scorers.json"
+
+    @property
+    def schedule(self) -> Path:
+        """The realised schedule, one line per optimizer step."""
+        return self.data / "schedule.jsonl"
+
+    @property
+    def heldout(self) -> Path:
+        """Held-out texts (embedding runs)."""
+        return self.data / "heldout.jsonl"
+
+    @property
+    def corpus(self) -> Path:
+        """The demo's search corpus (embedding runs)."""
+        return self.data / "corpus.jsonl"
+
+    @property
+    def teacher_embeddings(self) -> Path:
+        return self.data / "teacher_embeddings.safetensors"
+
+    @property
+    def teacher_responses(self) -> Path:
+        return self.data / "teacher_responses.jsonl"
+
+    @property
+    def teacher_cache(self) -> Path:
+        return self.path / "teacher_cache"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def student_init(self) -> Path:
+        """The undistilled student cut from the teacher (``student.from_teacher``, causal-lm)."""
+        return self.path / "student_init"
+
     @property
     def student(self) -> Path:
         return self.path / "student"
@@ -68,22 +122,39 @@ class RunDir:
         return self.path / "onnx"
 
     @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
+    def mobile(self) -> Path:
+        return self.path / "mobile"
 
     @property
-    def teacher_cache(self) -> Path:
-        return self.path / "teacher_cache"
+    def report_json(self) -> Path:
+        return self.path / "report.json"
 
     @property
-    def scores(self) -> Path:
-        return self.path / "data" / "quality.jsonl"
+    def report_md(self) -> Path:
+        return self.path / "report.md"
+
+    @property
+    def curriculum_chart(self) -> Path:
+        return self.path / "curriculum.png"
+
+    @property
+    def cost_chart(self) -> Path:
+        return self.path / "cost.png"
+
+    @property
+    def serve_cache(self) -> Path:
+        """The demo's search-index embeddings."""
+        return self.path / "serve_cache"
+
+    def relative(self, path: Path) -> str:
+        """``path`` as report.json and report.md name it: relative to the run directory."""
+        return path.relative_to(self.path).as_posix()
 
     def report(self) -> dict[str, Any]:
-        file = self.path / "report.json"
+        file = self.report_json
         return json.loads(file.read_text()) if file.is_file() else {}
 
     def update_report(self, section: str, data: Any) -> None:
         report = self.report() | {"name": self.recipe.name, "task": self.recipe.task}
         report[section] = data
-        atomic.write_json(self.path / "report.json", report)
+        atomic.write_json(self.report_json, report)

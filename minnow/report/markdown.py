@@ -5,11 +5,10 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from . import atomic
+from minnow.core import atomic
 from .cost import cost_figure, serving_table
-from .rundir import RunDir
+from minnow.core.rundir import RunDir
 
-COST_CHART = "cost.png"
 
 
 def _fmt(value: Any) -> str:
@@ -103,7 +102,7 @@ def _cost(c: dict) -> list[str]:
     ]
     if c["serving"]:
         lines += _table(*serving_table(c))
-        lines += [f"![cost per 1k requests]({COST_CHART})", ""]
+        lines += [f"![cost per 1k requests]({c['chart']})", ""] if c.get("chart") else [""]
     if c["training_total"]:
         rows = [[stage, t["seconds"], t["wh"], t["money"], t["gco2e"], t["source"]] for stage, t in c["training"].items()]
         t = c["training_total"]
@@ -230,5 +229,5 @@ def write_markdown(run: RunDir) -> None:
     if report.get("cost", {}).get("serving"):
         png = io.BytesIO()
         cost_figure(report["cost"]).savefig(png, format="png", dpi=100)
-        atomic.write_bytes(run.path / COST_CHART, png.getvalue())
-    atomic.write_text(run.path / "report.md", markdown(report))
+        atomic.write_bytes(run.cost_chart, png.getvalue())
+    atomic.write_text(run.report_md, markdown(report))

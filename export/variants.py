@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from distill.embedding import CORPUS_FILE
-from minnow.errors import MinnowError
-from minnow.recipe import Student, Teacher
-from minnow.rundir import RunDir
+from minnow.core.errors import MinnowError
+from minnow.core.recipe import Student, Teacher
+from minnow.core.rundir import RunDir
 
 T = TypeVar("T")
 
@@ -43,7 +42,7 @@ class Variant:
     label: str
     slug: str
     path: str
-    run: Path
+    run: RunDir
     spec: Teacher | Student | None = None
     precision: str | None = None
 
@@ -105,9 +104,9 @@ def _onnx_precisions(run: RunDir) -> list[str]:
 
 def _run_variants(run: RunDir, name: str) -> list[Variant]:
     label = f"{name} · student"
-    student = Variant(label, slugify(label), str(run.student), run.path, spec=_student_spec(run))
+    student = Variant(label, slugify(label), str(run.student), run, spec=_student_spec(run))
     onnx = [
-        Variant(f"{label} · onnx {p}", slugify(f"{label} onnx {p}"), str(run.onnx / p), run.path, precision=p)
+        Variant(f"{label} · onnx {p}", slugify(f"{label} onnx {p}"), str(run.onnx / p), run, precision=p)
         for p in _onnx_precisions(run)
     ]
     return [student, *onnx]
@@ -115,7 +114,7 @@ def _run_variants(run: RunDir, name: str) -> list[Variant]:
 
 def _teacher(runs: Sequence[RunDir], names: dict[Path, str]) -> Variant:
     label = f"{', '.join(names[r.path] for r in runs)} · teacher"
-    return Variant(label, slugify(label), runs[0].recipe.teacher.path, runs[0].path, spec=runs[0].recipe.teacher)
+    return Variant(label, slugify(label), runs[0].recipe.teacher.path, runs[0], spec=runs[0].recipe.teacher)
 
 
 def _by_teacher(runs: Sequence[RunDir]) -> dict[str, list[RunDir]]:
@@ -147,11 +146,11 @@ def search_groups(runs: Sequence[RunDir]) -> list[SearchGroup]:
     names = run_names(runs)
     grouped: dict[tuple[str, str], list[RunDir]] = {}
     for run in runs:
-        key = (run.recipe.teacher.model_dump_json(), corpus_digest(run.path / CORPUS_FILE))
+        key = (run.recipe.teacher.model_dump_json(), corpus_digest(run.corpus))
         grouped.setdefault(key, []).append(run)
     return [
         SearchGroup(
-            corpus=group[0].path / CORPUS_FILE,
+            corpus=group[0].corpus,
             variants=[_teacher(group, names), *(v for run in group for v in _run_variants(run, names[run.path]))],
         )
         for group in grouped.values()

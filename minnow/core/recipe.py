@@ -1,7 +1,7 @@
 """The recipe schema: the single place every option is defined, with its default and a one-line doc.
 
 A recipe is YAML. ``load_recipe`` parses it into :class:`Recipe`; any problem becomes one
-:class:`~minnow.errors.MinnowError` naming the file, the line, the key path and what is wrong.
+:class:`~minnow.core.errors.MinnowError` naming the file, the line, the key path and what is wrong.
 """
 
 from __future__ import annotations

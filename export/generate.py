@@ -10,9 +10,10 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from distill.causal_lm import load_causal_lm
-from export.causal_lm import encode_prompt, load_model, stream_generate
-from minnow.errors import MinnowError
+from minnow.core.errors import MinnowError
+from minnow.distill.models import load_causal_lm
+
+from .causal_lm import encode_prompt, load_model, stream_generate
 
 from .variants import Variant, cached
 

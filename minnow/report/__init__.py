@@ -1,0 +1,1 @@
+"""The report stage: cost arithmetic over report.json and report.md rendering."""
