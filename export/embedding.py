@@ -26,6 +26,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from minnow.core.atomic import output_dir
 from minnow.core.errors import MinnowError
+from minnow.core.measures import sentences_per_s
 from minnow.distill.encoder import EncoderWithPooling, TorchEncoder, load_encoder, tokenized_batches
 
 SUPPORTED_PRECISIONS = ("fp32", "int8")
@@ -64,7 +65,7 @@ def throughput(encode: Callable[[list[str]], np.ndarray], texts: list[str], repe
         start = time.perf_counter()
         encode(texts)
         best = min(best, time.perf_counter() - start)
-    return len(texts) / best
+    return sentences_per_s(len(texts), best)
 
 
 @contextlib.contextmanager

@@ -12,24 +12,29 @@ import pytest
 
 from minnow.core.energy import EnergyMeter
 from minnow.core.recipe import Cost
+from minnow.core.report_schema import Report
 from minnow.report.cost import break_even, cost_section, footprint
 
 ESTIMATED = {"kwh": 0.002, "seconds": 7200.0, "measured": False, "source": "estimated: CPU estimated"}
 
 
-def fixed_report() -> dict:
+def fixed_report() -> Report:
     """A run that spent 0.5 kWh distilling; the teacher uses 10x the student's energy per request."""
     energy = lambda kwh, seconds: {"kwh": kwh, "seconds": seconds, "measured": False, "source": "estimated"}  # noqa: E731
-    return {
+    row = lambda kwh, seconds: {  # noqa: E731
+        "requests": 100, "tokens": 6400, "energy": energy(kwh, seconds), "size_bytes": 1, "speedup_vs_teacher": 1.0
+    }
+    return Report.model_validate({
         "energy": {"distill": energy(0.4, 3000.0), "export": energy(0.1, 600.0)},
         "variants": {
+            "threads": 2,
             "variants": {
-                "teacher (PyTorch)": {"requests": 100, "tokens": 6400, "energy": energy(0.01, 200.0)},
-                "student ONNX int4": {"requests": 100, "tokens": 6400, "energy": energy(0.001, 20.0)},
-                "student (PyTorch)": {"requests": 100, "tokens": 6400, "energy": energy(0.02, 400.0)},
-            }
+                "teacher (PyTorch)": row(0.01, 200.0),
+                "student ONNX int4": row(0.001, 20.0),
+                "student (PyTorch)": row(0.02, 400.0),
+            },
         },
-    }
+    })
 
 
 def test_footprint_prices_energy_or_machine_time_and_scales():
@@ -66,8 +71,8 @@ def test_cost_section_on_a_fixed_report():
 
 
 def test_cost_section_needs_figures():
-    assert cost_section({}, Cost()) is None
-    only_training = cost_section({"energy": fixed_report()["energy"]}, Cost())
+    assert cost_section(Report(), Cost()) is None
+    only_training = cost_section(Report(energy=fixed_report().energy), Cost())
     assert only_training["serving"] == {} and only_training["training_total"]["wh"] == pytest.approx(500)
 
 

@@ -74,9 +74,9 @@ def test_score_cache_computes_only_missing_ids(tmp_path):
         calls.append(list(pos))
         return [{"x": float(p)} for p in pos]
 
-    cache = ScoreCache(tmp_path / "q.jsonl")
+    cache = ScoreCache(tmp_path / "q.jsonl", tmp_path / "scorers.json")
     assert cache.columns("s", "cheap", ["a", "b"], score) == {"a": {"id": "a", "x": 0.0}, "b": {"id": "b", "x": 1.0}}
-    again = ScoreCache(tmp_path / "q.jsonl")
+    again = ScoreCache(tmp_path / "q.jsonl", tmp_path / "scorers.json")
     assert again.columns("s", "cheap", ["c", "a", "b"], score)["c"]["x"] == 0.0
     assert calls == [[0, 1], [0]]
     costs = json.loads((tmp_path / "scorers.json").read_text())

@@ -31,12 +31,11 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def qwen(tmp_path_factory) -> dict:
-    """The trained tiny Qwen2 teacher (standing in for a merged student), exported at fp32, int8 and int4."""
+def qwen(tiny_pair, tmp_path_factory) -> dict:
+    """The session's trained tiny Qwen2 teacher (standing in for a merged student), exported at fp32, int8 and int4."""
     root = tmp_path_factory.mktemp("qwen")
-    pair = make_pair(root / "models")
-    results = export_causal_lm(pair["teacher"], root / "onnx", ["fp32", "int8", "int4"], PROMPTS, max_new_tokens=16)
-    return {**pair, "onnx": root / "onnx", "results": results}
+    results = export_causal_lm(tiny_pair["teacher"], root / "onnx", ["fp32", "int8", "int4"], PROMPTS, max_new_tokens=16)
+    return {**tiny_pair, "onnx": root / "onnx", "results": results}
 
 
 def test_exports_one_complete_folder_per_precision(qwen):

@@ -37,9 +37,9 @@ def test_layers_import_one_way(wheel, tmp_path):
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
                    check=True, capture_output=True)
-    lint = Path(sys.executable).with_name("lint-imports")
-    result = subprocess.run([str(lint), str(ROOT / "pyproject.toml")], cwd=tmp_path, capture_output=True, text=True,
-                            env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
+    lint = "from importlinter.cli import lint_imports_command; lint_imports_command()"
+    result = subprocess.run([sys.executable, "-c", lint, str(ROOT / "pyproject.toml")], cwd=tmp_path,
+                            capture_output=True, text=True, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stdout[-3000:]
     assert "0 broken" in result.stdout
 
@@ -53,3 +53,9 @@ def test_user_folders_named_like_stages_do_not_shadow_minnow(tmp_path):
     code = "import minnow.cli, minnow.export.measure, minnow.serve.app, minnow.distill.losses; print('ok')"
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_ruff_lint_and_format_are_clean():
+    for args in (["check", "."], ["format", "--check", "."]):
+        result = subprocess.run([sys.executable, "-m", "ruff", *args], cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout[-3000:]

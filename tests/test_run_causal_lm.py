@@ -63,7 +63,8 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_pair, tmp_path):
     import time
 
     recipe = tiny_recipe(tiny_pair, tmp_path / "runs")
-    recipe["distill"] |= {"steps": 30, "save_steps": 5}
+    # Every checkpoint is kept (save_total_limit), so the one waited for cannot be deleted before it is seen.
+    recipe["distill"] |= {"steps": 30, "save_steps": 5, "save_total_limit": 10}
     recipe["export"] = {"precisions": ["fp32"]}
     path = write_recipe(tmp_path / "r.yaml", recipe)
     env = os.environ | {"HF_HUB_OFFLINE": "1"}
@@ -72,6 +73,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_pair, tmp_path):
     deadline = time.time() + 300
     while not list((tmp_path / "runs").glob("*/checkpoints/checkpoint-10/trainer_state.json")) and time.time() < deadline:
         time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be killed mid-training"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     (run_dir,) = (tmp_path / "runs").iterdir()
