@@ -191,7 +191,7 @@ def _benchmark_tab(
 ) -> None:
     tasks = [task for task in LATENCY if any(run.recipe.task == task for run in runs)]
     latency, throughput = " / ".join(LATENCY[t] for t in tasks), " / ".join(THROUGHPUT[t] for t in tasks)
-    headers = ["variant", "size (MB)", f"mean {latency} (ms)", f"mean {throughput}", "quality retained (% of teacher)"]
+    headers = ["variant", "size (MB)", f"mean {latency} (ms)", throughput, "quality retained (% of teacher)"]
     jobs = [(v, None) for v in compare] + [(v, group.corpus) for group in groups for v in group.variants]
     with gr.Tab("Benchmark", id="benchmark"):
         notes = {
