@@ -16,6 +16,18 @@ from tiny_models import make_pair  # noqa: E402
 
 MINNOW = [sys.executable, "-m", "minnow"]
 
+# Fixtures that run whole stages (a `minnow run`, an export, a demo server): a test using one is in the slow lane.
+STAGE_FIXTURES = {
+    "tiny_run", "tiny_run_result", "embedding_run", "compared", "demo_url", "qwen", "gpt2", "int8_int4", "mobile",
+    "cached_run", "exported",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if STAGE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 def run_minnow(*args: str, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
     env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}

@@ -4,8 +4,10 @@ filter, the realised schedule, scores and costs in the run directory, the plot i
 import json
 import math
 
+import pytest
 from conftest import run_minnow, tiny_recipe, write_recipe
 
+pytestmark = pytest.mark.slow  # trains the tiny pair through `minnow distill`
 
 def test_online_selection_trains_on_the_kept_examples_and_reports_them(tiny_pair, tmp_path):
     recipe = tiny_recipe(tiny_pair, tmp_path / "runs")

@@ -148,6 +148,7 @@ def gpt2(tmp_path_factory) -> dict:
     return {**pair, "onnx": root / "onnx", "results": results, "sequences": sequences}
 
 
+@pytest.mark.slow
 def test_llama_fp32_matches_pytorch_tokens_and_logits(tmp_path):
     pair = make_pair(tmp_path / "models", arch="llama", teacher_steps=40)
     sequences = chat_sequences(pair["teacher"])

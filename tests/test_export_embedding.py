@@ -98,6 +98,7 @@ def test_threads_set_intra_op_pool(exported: tuple[dict, Path]) -> None:
     assert options.intra_op_num_threads == 2
 
 
+@pytest.mark.slow
 def test_projection_sets_output_dim_and_only_requested_folders_are_kept(
     student_dir: Path, tmp_path: Path
 ) -> None:

@@ -7,10 +7,12 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from conftest import run_minnow, tiny_recipe, write_recipe
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow  # trains the tiny pair through `minnow distill`
 
 def test_two_processes_match_one_process_with_doubled_grad_accum(tiny_pair, tmp_path):
     recipe = tiny_recipe(tiny_pair, tmp_path / "one", curriculum={"order": "random"})

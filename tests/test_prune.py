@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 
+import pytest
 import torch
 from conftest import run_minnow, tiny_recipe, write_recipe
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -59,6 +60,7 @@ def test_kept_layers_and_pruned_mlp_compute_what_they_should(tiny_pair, tmp_path
         assert torch.allclose(reloaded(**batch).logits, student.eval()(**batch).logits, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_run_with_a_student_cut_from_the_teacher(tiny_pair, tmp_path):
     recipe = tiny_recipe(tiny_pair, tmp_path / "runs", student={"from_teacher": {"keep_fraction": 0.5, "mlp_fraction": 0.5}})
     recipe["distill"] |= {"steps": 4, "save_steps": 100}

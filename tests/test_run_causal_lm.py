@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import yaml
 from conftest import run_minnow, tiny_recipe, write_recipe
 from safetensors import safe_open
@@ -42,6 +43,7 @@ def test_export_sizes_and_parity_reported(tiny_run):
         assert needle in md
 
 
+@pytest.mark.slow
 def test_lora_student_is_merged_into_plain_weights(tiny_pair, tmp_path):
     recipe = tiny_recipe(tiny_pair, tmp_path / "runs", lora={"r": 8, "alpha": 16, "dropout": 0.0})
     recipe["distill"] |= {"steps": 6, "save_steps": 100}
@@ -55,6 +57,7 @@ def test_lora_student_is_merged_into_plain_weights(tiny_pair, tmp_path):
     assert json.loads((student / "config.json").read_text())["architectures"] == ["Qwen2ForCausalLM"]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_its_last_checkpoint(tiny_pair, tmp_path):
     import os
     import signal

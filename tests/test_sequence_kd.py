@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from conftest import run_minnow, tiny_recipe, write_recipe
 from datasets import Dataset
@@ -15,6 +16,7 @@ from minnow.distill.losses import IGNORE_INDEX
 from minnow.distill.trainer import LogitDistillTrainer
 
 
+@pytest.mark.slow
 def test_sequence_mode_trains_on_cached_teacher_responses_with_on_policy_steps(tiny_pair, tmp_path):
     recipe = tiny_recipe(tiny_pair, tmp_path / "runs")
     recipe["data"]["max_examples"] = 20
