@@ -264,7 +264,7 @@ CASES = [
     Case("recipe-and-resume", 2, "give a RECIPE", lambda tmp, pair, mp: ["run", recipe_file(tmp, pair), "--resume", str(tmp)]),
     Case("report-unfinished", 2, "unfinished run, nothing to report: no trained student", on_run("report", fake_run(student=False))),
     Case("report-corrupt-json", 2, "report.json: corrupt", on_run("report", fake_run(report='{"distill": {'))),
-    Case("report-json-not-object", 2, "report.json: corrupt, not a JSON object", on_run("report", fake_run(report="[1]"))),
+    Case("report-json-not-object", 2, "report.json: corrupt (Input should be an object", on_run("report", fake_run(report="[1]"))),
     Case("export-corrupt-report", 2, "run --resume", on_run("export", fake_run(report="\x00garbage"))),
     Case("serve-corrupt-report", 2, "report.json: corrupt", on_run("serve", fake_run(report="{"))),
     Case("serve-unfinished", 2, "no trained student", on_run("serve", fake_run(student=False))),

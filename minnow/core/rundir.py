@@ -24,9 +24,9 @@ RESOLVED = "recipe.resolved.yaml"
 class CorruptReport(MinnowError):
     """report.json does not parse; resuming the run sets it aside and rebuilds it."""
 
-    def __init__(self, file: Path, reason: str) -> None:
-        super().__init__(f"{reason}; `minnow run --resume {file.parent}` rebuilds it from the run's artefacts")
-        self.reason = reason
+    def __init__(self, file: Path, problem: str) -> None:
+        self.reason = f"{file}: corrupt ({problem.removesuffix(' (a corrupt or foreign report.json)')})"
+        super().__init__(f"{self.reason}; `minnow run --resume {file.parent}` rebuilds it from the run's artefacts")
 
 
 def _from_rank_zero(make: Callable[[], Path]) -> Path:
@@ -202,9 +202,9 @@ class RunDir:
         try:
             return Report.parse(file.read_bytes().decode("utf-8"), str(file))
         except UnicodeDecodeError:
-            raise CorruptReport(file, f"{file}: not UTF-8 text (a corrupt report.json)") from None
+            raise CorruptReport(file, "not UTF-8 text") from None
         except MinnowError as e:
-            raise CorruptReport(file, str(e)) from None
+            raise CorruptReport(file, str(e).removeprefix(f"{file}: ").removeprefix(": ")) from None
 
     def update_report(self, section: str, data: Any) -> None:
         """Set one section of report.json (validated by its model) and write the file atomically."""
