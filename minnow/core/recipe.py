@@ -264,7 +264,7 @@ class Serve(Section):
     max_new_tokens: int = Field(64, gt=0, le=1024, description="Most tokens a variant generates per request.")
     max_queue: int = Field(16, gt=0, description="Requests waiting in the demo's queue before new ones are refused.")
     time_limit_s: float = Field(
-        120.0, gt=0, description="Longest a demo request runs; variants it has not reached by then are marked as skipped."
+        300.0, gt=0, description="Longest a demo request runs; variants it has not reached by then are shown as skipped."
     )
     top_k: int = Field(5, gt=0, le=50, description="Search results shown per variant (embedding runs).")
     benchmark_prompts: int = Field(
