@@ -13,16 +13,15 @@ import json
 import shutil
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import yaml
-from typer.testing import CliRunner
-
 from conftest import run_minnow, write_recipe
 from tiny_models import make_pair
+from typer.testing import CliRunner
 
 from minnow import boundary
 from minnow.cli import app
@@ -233,7 +232,7 @@ CASES = [
     Case("json-broken-list", 2, "d.json:2: not valid JSON", data_file("d.json", b'[{"prompt": "a",\n "response": }]')),
     Case("csv-latin1", 2, "d.csv:2: not utf-8 text", data_file("d.csv", LATIN1)),
     Case("txt-binary", 2, "d.txt:1: a NUL character", text_data("d.txt", b"\x7fELF\x02\x01\x01\x00\x00\x00" * 50)),
-    Case("txt-latin1", 2, "d.txt:5: not utf-8 text", text_data("d.txt", "one\n\ntwo caf\xe9\n".encode("utf-8") + b"\n\xe9t\xe9\n")),
+    Case("txt-latin1", 2, "d.txt:5: not utf-8 text", text_data("d.txt", "one\n\ntwo caf\xe9\n".encode() + b"\n\xe9t\xe9\n")),
     Case("parquet-corrupt", 2, "not a readable parquet file", data_file("d.parquet", b"PAR1 not really")),
     Case("too-few-examples", 2, "data.heldout asks to hold out 8", data_file("d.jsonl", GOOD_ROW * 3)),
     # model folders
