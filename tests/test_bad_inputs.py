@@ -171,6 +171,11 @@ def busy_port(tmp: Path, pair: dict, mp: pytest.MonkeyPatch) -> list[str]:
     return ["serve", str(fake_run(report="{}")(tmp, pair)), "--port", str(listener.getsockname()[1])]
 
 
+def runs_dir_is_a_file(tmp: Path, pair: dict, mp: pytest.MonkeyPatch) -> list[str]:
+    (tmp / "file").write_text("")
+    return ["distill", recipe_file(tmp, pair, runs_dir=str(tmp / "file" / "runs"))]
+
+
 def init_on(content: bytes) -> Setup:
     def setup(tmp: Path, pair: dict, mp: pytest.MonkeyPatch) -> list[str]:
         (tmp / "d.jsonl").write_bytes(content)
@@ -283,6 +288,7 @@ CASES = [
         "/sys/minnow-runs",
         lambda tmp, pair, mp: ["distill", recipe_file(tmp, pair, runs_dir="/sys/minnow-runs")],
     ),
+    Case("runs-dir-is-a-file", 2, "runs through a file", runs_dir_is_a_file),
     Case("schema-forbidden", 3, "/sys", lambda tmp, pair, mp: ["schema", "--output", "/sys/minnow-schema.json"]),
     Case("init-non-utf8", 2, "d.jsonl:1: not utf-8", init_on(b'{"text": "caf\xe9"}\n')),
 ]

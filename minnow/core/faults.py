@@ -21,6 +21,13 @@ OS_FAULTS = {
     errno.EADDRINUSE: ("address already in use", "stop the other server or choose another port"),
     errno.ENOMEM: ("out of memory", "lower distill.batch_size or distill.max_seq_len, or close other programs"),
 }
+# errno → what to check: a path the user gave, or a run directory changed by hand.
+OS_INPUT = {
+    errno.ENOENT: "a file or folder is missing (was the run directory changed by hand?)",
+    errno.ENOTDIR: "a path the recipe names (runs_dir, data.path, ...) runs through a file, not a folder",
+    errno.EISDIR: "a folder where a file was expected",
+    errno.ENAMETOOLONG: "a file name too long for this file system (shorten the recipe's name or runs_dir)",
+}
 MEMORY_HINT = "lower distill.batch_size, distill.max_seq_len or distill.eval_batch_size, or close other programs"
 
 
@@ -56,6 +63,9 @@ def classify(exc: BaseException) -> Fault:
             what, todo = OS_FAULTS[link.errno]
             where = f": {link.filename}" if link.filename else ""
             return Fault(EnvironmentFault.exit_code, f"{what}{where}; {todo}", True)
+        if isinstance(link, OSError) and link.errno in OS_INPUT:
+            where = f": {link.filename}" if link.filename else ""
+            return Fault(MinnowError.exit_code, f"{OS_INPUT[link.errno]}{where}", True)
         if _out_of_memory(link):
             return Fault(EnvironmentFault.exit_code, f"out of memory ({type(link).__name__}); {MEMORY_HINT}", True)
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
