@@ -110,7 +110,7 @@ def run(
     if (recipe is None) == (resume is None):
         raise MinnowError("give a RECIPE to start a run, or --resume RUN_DIR to continue one")
     run_dir = _logged(RunDir.open(resume).healed() if resume else RunDir.create(load_recipe(recipe)))
-    err.print(f"run directory: {run_dir.path}")
+    err.print(f"run directory: {run_dir.path}", soft_wrap=True, highlight=False)
     if not pipeline.is_distilled(run_dir):
         with pipeline.removed_on_error(run_dir, unless=resume is not None):
             pipeline.distill(run_dir)

@@ -71,12 +71,11 @@ def start(args: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen([*MINNOW, *args], env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
 
 
-def kill_when(proc: subprocess.Popen, log: Path, trigger: Trigger, run: Path | None) -> Path:
+def kill_when(proc: subprocess.Popen, log: Path, trigger: Trigger, runs: Path) -> Path:
     """SIGKILL ``proc`` (only it, not its children) once ``trigger`` holds; the run directory it works in."""
     while proc.poll() is None:
         stderr = log.read_text(errors="replace")
-        if run is None and "run directory: " in stderr:
-            run = Path(stderr.split("run directory: ", 1)[1].splitlines()[0].strip())
+        run = next(runs.iterdir(), None) if runs.is_dir() else None
         if run is not None and trigger(run, stderr):
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -93,7 +92,8 @@ def test_kill_9_in_every_stage_then_resume(tiny_pair, tmp_path):
     run: Path | None = None
     for n, (stage, trigger) in enumerate(STAGES):
         log = tmp_path / f"attempt-{n}.log"
-        run = kill_when(start(["run", str(file)] if run is None else ["run", "--resume", str(run)], log), log, trigger, run)
+        args = ["run", str(file)] if run is None else ["run", "--resume", str(run)]
+        run = kill_when(start(args, log), log, trigger, tmp_path / "runs")
         assert gone(run), f"killed in {stage}: processes left {processes_naming(str(run))}"
     result = run_minnow("run", "--resume", str(run))
     assert result.returncode == 0, result.stderr[-3000:]
