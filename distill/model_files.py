@@ -11,7 +11,14 @@ from minnow.core.errors import MinnowError
 from minnow.core.recipe import Recipe
 from minnow.core.text import read_text
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "vocab.txt",
+    "tokenizer.model",
+    "spiece.model",
+)
 SHARD_INDEX = "model.safetensors.index.json"
 REDOWNLOAD = "download or copy it again (an interrupted download?)"
 
@@ -26,7 +33,9 @@ def check_models(recipe: Recipe) -> None:
     if layers and Path(recipe.teacher.path).is_dir():
         n = model_config(Path(recipe.teacher.path)).get("num_hidden_layers")
         if isinstance(n, int) and layers[-1] >= n:
-            raise MinnowError(f"student.from_teacher.layers: {layers[-1]} is not in 0..{n - 1} (the teacher has {n} layers)")
+            raise MinnowError(
+                f"student.from_teacher.layers: {layers[-1]} is not in 0..{n - 1} (the teacher has {n} layers)"
+            )
 
 
 def check_model_folder(folder: Path, key: str) -> None:
@@ -40,7 +49,9 @@ def check_model_folder(folder: Path, key: str) -> None:
 def model_config(folder: Path, key: str = "model") -> dict:
     config = folder / "config.json"
     if not config.is_file():
-        raise MinnowError(f"{key}: {folder}: no config.json; a model folder holds config.json, a tokenizer and *.safetensors")
+        raise MinnowError(
+            f"{key}: {folder}: no config.json; a model folder holds config.json, a tokenizer and *.safetensors"
+        )
     try:
         data = json.loads(read_text(config))
     except ValueError as e:
@@ -77,12 +88,16 @@ def safetensors_header(file: Path) -> dict[str, dict]:
         head = f.read(8)
         length = struct.unpack("<Q", head)[0] if len(head) == 8 else None
         if length is None or 8 + length > size:
-            raise MinnowError(f"{file}: {size} bytes, too short for a safetensors file (truncated or empty); {REDOWNLOAD}")
+            raise MinnowError(
+                f"{file}: {size} bytes, too short for a safetensors file (truncated or empty); {REDOWNLOAD}"
+            )
         try:
             header = json.loads(f.read(length))
             end = max((info["data_offsets"][1] for name, info in header.items() if name != "__metadata__"), default=0)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise MinnowError(f"{file}: not a safetensors file (its header does not parse); {REDOWNLOAD}") from None
     if 8 + length + end != size:
-        raise MinnowError(f"{file}: {size} bytes, but its header declares {8 + length + end}: truncated or damaged; {REDOWNLOAD}")
+        raise MinnowError(
+            f"{file}: {size} bytes, but its header declares {8 + length + end}: truncated or damaged; {REDOWNLOAD}"
+        )
     return header

@@ -204,15 +204,38 @@ CASES = [
     Case("recipe-missing", 2, "recipe file not found", lambda tmp, pair, mp: ["validate", str(tmp / "nope.yaml")]),
     Case("recipe-is-folder", 2, "recipe file not found", lambda tmp, pair, mp: ["validate", str(tmp)]),
     Case("recipe-empty", 2, "a recipe is a YAML mapping", lambda tmp, pair, mp: ["validate", raw_recipe(tmp, "")]),
-    Case("recipe-yaml-syntax", 2, "recipe.yaml:2", lambda tmp, pair, mp: ["validate", raw_recipe(tmp, "name: a\n  task: [\n")]),
-    Case("recipe-non-utf8", 2, "recipe.yaml:2: not utf-8", lambda tmp, pair, mp: ["validate", raw_recipe(tmp, b"name: a\ntask: caf\xe9\n")]),
-    Case("recipe-binary", 2, "binary file", lambda tmp, pair, mp: ["validate", raw_recipe(tmp, b"\x00\x01\x02PK\x03\x04")]),
-    Case("recipe-python-tag", 2, "recipe.yaml:1", lambda tmp, pair, mp: ["validate", raw_recipe(tmp, "name: !!python/object/apply:os.system [ls]\n")]),
+    Case(
+        "recipe-yaml-syntax",
+        2,
+        "recipe.yaml:2",
+        lambda tmp, pair, mp: ["validate", raw_recipe(tmp, "name: a\n  task: [\n")],
+    ),
+    Case(
+        "recipe-non-utf8",
+        2,
+        "recipe.yaml:2: not utf-8",
+        lambda tmp, pair, mp: ["validate", raw_recipe(tmp, b"name: a\ntask: caf\xe9\n")],
+    ),
+    Case(
+        "recipe-binary",
+        2,
+        "binary file",
+        lambda tmp, pair, mp: ["validate", raw_recipe(tmp, b"\x00\x01\x02PK\x03\x04")],
+    ),
+    Case(
+        "recipe-python-tag",
+        2,
+        "recipe.yaml:1",
+        lambda tmp, pair, mp: ["validate", raw_recipe(tmp, "name: !!python/object/apply:os.system [ls]\n")],
+    ),
     Case(
         "recipe-duplicate-section",
         2,
         "duplicate key 'distill' (first at line 1)",
-        lambda tmp, pair, mp: ["validate", raw_recipe(tmp, "distill: {steps: 5}\n" + yaml.safe_dump(recipe(tmp, pair)))],
+        lambda tmp, pair, mp: [
+            "validate",
+            raw_recipe(tmp, "distill: {steps: 5}\n" + yaml.safe_dump(recipe(tmp, pair))),
+        ],
     ),
     Case(
         "recipe-duplicate-nested-key",
@@ -230,34 +253,80 @@ CASES = [
     Case("recipe-absurd-batch", 2, "the schedule alone would take", validate(distill={"batch_size": 10**12})),
     Case("recipe-absurd-steps", 2, "the schedule alone would take", validate(distill={"steps": 10**13})),
     Case("recipe-absurd-seq-len", 2, "tokens per batch", validate(distill={"max_seq_len": 10**11})),
-    Case("layers-repeated", 2, "lists layer 1 more than once", validate(student={"path": None, "from_teacher": {"layers": [0, 1, 1]}})),
-    Case("layers-out-of-order", 2, "increasing order", validate(student={"path": None, "from_teacher": {"layers": [3, 0]}})),
-    Case("layers-negative", 2, "increasing order", validate(student={"path": None, "from_teacher": {"layers": [-1, 2]}})),
-    Case("layers-beyond-teacher", 2, "the teacher has 4 layers", validate(student={"path": None, "from_teacher": {"layers": [0, 9]}})),
+    Case(
+        "layers-repeated",
+        2,
+        "lists layer 1 more than once",
+        validate(student={"path": None, "from_teacher": {"layers": [0, 1, 1]}}),
+    ),
+    Case(
+        "layers-out-of-order",
+        2,
+        "increasing order",
+        validate(student={"path": None, "from_teacher": {"layers": [3, 0]}}),
+    ),
+    Case(
+        "layers-negative", 2, "increasing order", validate(student={"path": None, "from_teacher": {"layers": [-1, 2]}})
+    ),
+    Case(
+        "layers-beyond-teacher",
+        2,
+        "the teacher has 4 layers",
+        validate(student={"path": None, "from_teacher": {"layers": [0, 9]}}),
+    ),
     Case("embedding-layers-repeated", 2, "lists layer 5 more than once", embedding(layers=[0, 5, 5])),
     Case("embedding-layers-beyond-teacher", 2, "the teacher has 6 layers", embedding(layers=[0, 6])),
     Case("data-unknown-encoding", 2, "unknown text encoding", validate(data={"encoding": "klingon"})),
     Case("teacher-missing", 2, "teacher.path: no such folder", validate(teacher={"path": "./nowhere"})),
     Case("data-missing", 2, "data.path: no such file", validate(data={"path": "./nowhere.jsonl"})),
-    Case("data-is-folder", 2, "data.path: not a file", lambda tmp, pair, mp: ["validate", recipe_file(tmp, pair, data={"path": str(tmp)})]),
+    Case(
+        "data-is-folder",
+        2,
+        "data.path: not a file",
+        lambda tmp, pair, mp: ["validate", recipe_file(tmp, pair, data={"path": str(tmp)})],
+    ),
     # data files
-    Case("jsonl-non-utf8", 2, "d.jsonl:2: not utf-8 text (byte 0xe9)", data_file("d.jsonl", GOOD_ROW + b'{"prompt": "caf\xe9"}\n' + GOOD_ROW * 30)),
+    Case(
+        "jsonl-non-utf8",
+        2,
+        "d.jsonl:2: not utf-8 text (byte 0xe9)",
+        data_file("d.jsonl", GOOD_ROW + b'{"prompt": "caf\xe9"}\n' + GOOD_ROW * 30),
+    ),
     Case("jsonl-bad-json", 2, "d.jsonl:2: not valid JSON", data_file("d.jsonl", GOOD_ROW + b"{oops\n" + GOOD_ROW * 30)),
-    Case("jsonl-not-object", 2, "d.jsonl:1: each line must be a JSON object", data_file("d.jsonl", b"[1, 2]\n" + GOOD_ROW * 30)),
-    Case("jsonl-missing-field", 2, "missing field 'response'", data_file("d.jsonl", b'{"prompt": "x"}\n' + GOOD_ROW * 30)),
+    Case(
+        "jsonl-not-object",
+        2,
+        "d.jsonl:1: each line must be a JSON object",
+        data_file("d.jsonl", b"[1, 2]\n" + GOOD_ROW * 30),
+    ),
+    Case(
+        "jsonl-missing-field", 2, "missing field 'response'", data_file("d.jsonl", b'{"prompt": "x"}\n' + GOOD_ROW * 30)
+    ),
     Case("data-empty", 2, "no examples in the data", data_file("d.jsonl", b"")),
     Case("data-unsupported-type", 2, "unsupported data file type '.xlsx'", data_file("d.xlsx", b"PK\x03\x04")),
     Case("json-broken-list", 2, "d.json:2: not valid JSON", data_file("d.json", b'[{"prompt": "a",\n "response": }]')),
     Case("csv-latin1", 2, "d.csv:2: not utf-8 text", data_file("d.csv", LATIN1)),
     Case("txt-binary", 2, "d.txt:1: a NUL character", text_data("d.txt", b"\x7fELF\x02\x01\x01\x00\x00\x00" * 50)),
-    Case("txt-latin1", 2, "d.txt:5: not utf-8 text", text_data("d.txt", "one\n\ntwo caf\xe9\n".encode() + b"\n\xe9t\xe9\n")),
+    Case(
+        "txt-latin1",
+        2,
+        "d.txt:5: not utf-8 text",
+        text_data("d.txt", "one\n\ntwo caf\xe9\n".encode() + b"\n\xe9t\xe9\n"),
+    ),
     Case("parquet-corrupt", 2, "not a readable parquet file", data_file("d.parquet", b"PAR1 not really")),
     Case("too-few-examples", 2, "data.heldout asks to hold out 8", data_file("d.jsonl", GOOD_ROW * 3)),
     # model folders
     Case("model-folder-empty", 2, "no config.json", student_folder(keep_only())),
     Case("model-only-config", 2, "no tokenizer files", student_folder(keep_only("config.json"))),
-    Case("model-config-not-json", 2, "config.json: not valid JSON", student_folder(lambda f: (f / "config.json").write_text("{"))),
-    Case("model-no-weights", 2, "no *.safetensors weights", student_folder(lambda f: (f / "model.safetensors").unlink())),
+    Case(
+        "model-config-not-json",
+        2,
+        "config.json: not valid JSON",
+        student_folder(lambda f: (f / "config.json").write_text("{")),
+    ),
+    Case(
+        "model-no-weights", 2, "no *.safetensors weights", student_folder(lambda f: (f / "model.safetensors").unlink())
+    ),
     Case(
         "model-pickle-only",
         2,
@@ -271,17 +340,34 @@ CASES = [
         "weights-missing-shard",
         2,
         "shard model-00002.safetensors",
-        student_folder(lambda f: (f / "model.safetensors.index.json").write_text(
-            json.dumps({"weight_map": {"a": "model.safetensors", "b": "model-00002.safetensors"}})
-        )),
+        student_folder(
+            lambda f: (f / "model.safetensors.index.json").write_text(
+                json.dumps({"weight_map": {"a": "model.safetensors", "b": "model-00002.safetensors"}})
+            )
+        ),
     ),
     # run directories
     Case("not-a-run-dir", 2, "not a run directory", lambda tmp, pair, mp: ["report", str(tmp)]),
     Case("resume-missing-dir", 2, "not a run directory", lambda tmp, pair, mp: ["run", "--resume", str(tmp / "gone")]),
-    Case("recipe-and-resume", 2, "give a RECIPE", lambda tmp, pair, mp: ["run", recipe_file(tmp, pair), "--resume", str(tmp)]),
-    Case("report-unfinished", 2, "unfinished run, nothing to report: no trained student", on_run("report", fake_run(student=False))),
+    Case(
+        "recipe-and-resume",
+        2,
+        "give a RECIPE",
+        lambda tmp, pair, mp: ["run", recipe_file(tmp, pair), "--resume", str(tmp)],
+    ),
+    Case(
+        "report-unfinished",
+        2,
+        "unfinished run, nothing to report: no trained student",
+        on_run("report", fake_run(student=False)),
+    ),
     Case("report-corrupt-json", 2, "report.json: corrupt", on_run("report", fake_run(report='{"distill": {'))),
-    Case("report-json-not-object", 2, "report.json: corrupt (Input should be an object", on_run("report", fake_run(report="[1]"))),
+    Case(
+        "report-json-not-object",
+        2,
+        "report.json: corrupt (Input should be an object",
+        on_run("report", fake_run(report="[1]")),
+    ),
     Case("export-corrupt-report", 2, "run --resume", on_run("export", fake_run(report="\x00garbage"))),
     Case("serve-corrupt-report", 2, "report.json: corrupt", on_run("serve", fake_run(report="{"))),
     Case("serve-unfinished", 2, "no trained student", on_run("serve", fake_run(student=False))),
@@ -289,12 +375,32 @@ CASES = [
     Case("port-busy", 3, "already in use", busy_port),
     Case("disk-full-making-run", 3, "no space left on the device", fault_on_write(errno.ENOSPC)),
     Case("read-only-making-run", 3, "read-only file system", fault_on_write(errno.EROFS)),
-    Case("disk-full-in-stage", 3, "no space left on the device", fault_in_stage(OSError(errno.ENOSPC, "No space left on device"))),
-    Case("permission-in-stage", 3, "permission denied", fault_in_stage(PermissionError(errno.EACCES, "Permission denied", "/x"))),
+    Case(
+        "disk-full-in-stage",
+        3,
+        "no space left on the device",
+        fault_in_stage(OSError(errno.ENOSPC, "No space left on device")),
+    ),
+    Case(
+        "permission-in-stage",
+        3,
+        "permission denied",
+        fault_in_stage(PermissionError(errno.EACCES, "Permission denied", "/x")),
+    ),
     Case("out-of-memory", 3, "out of memory (MemoryError)", fault_in_stage(MemoryError())),
-    Case("torch-out-of-memory", 3, "out of memory", fault_in_stage(RuntimeError("DefaultCPUAllocator: can't allocate memory"))),
+    Case(
+        "torch-out-of-memory",
+        3,
+        "out of memory",
+        fault_in_stage(RuntimeError("DefaultCPUAllocator: can't allocate memory")),
+    ),
     Case("interrupted", 130, "interrupted", fault_in_stage(KeyboardInterrupt(), command="distill")),
-    Case("bug", 1, "unexpected ZeroDivisionError: division by zero", fault_in_stage(ZeroDivisionError("division by zero"))),
+    Case(
+        "bug",
+        1,
+        "unexpected ZeroDivisionError: division by zero",
+        fault_in_stage(ZeroDivisionError("division by zero")),
+    ),
     Case(
         "runs-dir-forbidden",
         3,

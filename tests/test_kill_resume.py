@@ -85,6 +85,7 @@ def kill_when(proc: subprocess.Popen, log: Path, trigger: Trigger, runs: Path) -
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # six attempts of the real stages on a shared 2-core machine
 def test_kill_9_in_every_stage_then_resume(tiny_pair, tmp_path):
     recipe = tiny_recipe(tiny_pair, tmp_path / "runs")
     recipe["distill"] |= {"teacher_cache": True}

@@ -47,8 +47,10 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 def _out_of_memory(exc: BaseException) -> bool:
     text = str(exc)
-    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or (
-        isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
+    return (
+        isinstance(exc, MemoryError)
+        or type(exc).__name__ == "OutOfMemoryError"
+        or (isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower()))
     )
 
 

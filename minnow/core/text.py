@@ -21,7 +21,9 @@ def decode(data: bytes, encoding: str = "utf-8", hint: str = "save it as UTF-8")
     try:
         text = data.decode("utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding)
     except UnicodeDecodeError as e:
-        raise NotText(data[: e.start].count(b"\n") + 1, f"not {encoding} text (byte 0x{data[e.start]:02x}); {hint}") from None
+        raise NotText(
+            data[: e.start].count(b"\n") + 1, f"not {encoding} text (byte 0x{data[e.start]:02x}); {hint}"
+        ) from None
     if "\x00" in text:
         raise NotText(text[: text.index("\x00")].count("\n") + 1, "a NUL character: a binary file, not text")
     return text
