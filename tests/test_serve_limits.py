@@ -43,3 +43,14 @@ def test_time_limit_skips_the_variants_not_reached(monkeypatch):
     assert last[0] == "an answer"
     for skipped in (last[3], last[6]):
         assert "skipped: the request reached the demo's time limit of 2.5 s" in skipped
+
+
+def test_time_limit_applies_to_search(monkeypatch):
+    ticks = iter(range(1000))
+    monkeypatch.setattr(app, "time", SimpleNamespace(monotonic=lambda: float(next(ticks))))
+    hits = [SimpleNamespace(id="a", text="a text", score=0.9)]
+    monkeypatch.setattr(app, "search", lambda *args: SimpleNamespace(hits=hits, latency_ms=1.0))
+    group = SimpleNamespace(corpus="corpus.jsonl", variants=[SimpleNamespace(label=n) for n in ("teacher", "student")])
+    *_, last = app._search([group], "a query", 1, Serve(time_limit_s=1.5))
+    assert last[0].startswith("1. `0.900` a text") and last[2] == "1.00"
+    assert "student skipped: the request reached the demo's time limit of 1.5 s" in last[3]
