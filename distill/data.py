@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import csv
 import hashlib
+import io
 import json
 import re
 import sysconfig
@@ -23,11 +24,13 @@ from rich.markup import escape
 
 from minnow.core.errors import MinnowError
 from minnow.core.recipe import Data, Recipe
+from minnow.core.text import NotText, decode, read_text
 
 Example = dict[str, Any]
 Row = tuple[str, dict]
 OnBadRow = Callable[[str, str], None]
 console = Console(stderr=True)
+ENCODING_HINT = "save the file as UTF-8, or name its encoding in data.encoding"
 
 
 class BadRow(ValueError):
@@ -100,7 +103,7 @@ def read_rows(spec: Data, bad: OnBadRow, limit: int | None = None) -> tuple[list
     readers = {".jsonl": _jsonl_rows, ".json": _json_rows, ".csv": _csv_rows, ".parquet": _parquet_rows, ".txt": _txt_rows}
     if path.suffix.lower() not in readers:
         raise MinnowError(f"{path}: unsupported data file type {path.suffix!r}; use one of {', '.join(readers)}")
-    return readers[path.suffix.lower()](path, bad, limit), str(path)
+    return readers[path.suffix.lower()](path, bad, limit, spec.encoding), str(path)
 
 
 def _numbered(source: str, rows: list[dict], unit: str) -> list[Row]:
@@ -128,12 +131,17 @@ def _dataset_rows(spec: Data, limit: int | None) -> list[dict]:
     return _head(ds, limit)
 
 
-def _jsonl_rows(path: Path, bad: OnBadRow, limit: int | None) -> list[Row]:
+def _jsonl_rows(path: Path, bad: OnBadRow, limit: int | None, encoding: str) -> list[Row]:
     rows: list[Row] = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
             if limit is not None and len(rows) >= limit:
                 break
+            try:
+                line = decode(raw, encoding, ENCODING_HINT)
+            except NotText as e:
+                bad(f"{path}:{n}", str(e))
+                continue
             if not line.strip():
                 continue
             try:
@@ -148,10 +156,10 @@ def _jsonl_rows(path: Path, bad: OnBadRow, limit: int | None) -> list[Row]:
     return rows
 
 
-def _csv_rows(path: Path, bad: OnBadRow, limit: int | None) -> list[Row]:
+def _csv_rows(path: Path, bad: OnBadRow, limit: int | None, encoding: str) -> list[Row]:
     """Rows of a comma-separated file with a header line; every value stays a string."""
     rows: list[Row] = []
-    with path.open(encoding="utf-8-sig", newline="") as f:
+    with io.StringIO(read_text(path, encoding, ENCODING_HINT), newline="") as f:
         reader = csv.DictReader(f)
         try:
             for row in reader:
@@ -167,11 +175,11 @@ def _csv_rows(path: Path, bad: OnBadRow, limit: int | None) -> list[Row]:
     return rows
 
 
-def _json_rows(path: Path, bad: OnBadRow, limit: int | None) -> list[Row]:
+def _json_rows(path: Path, bad: OnBadRow, limit: int | None, encoding: str) -> list[Row]:
     """A JSON list of objects; a .json file holding one object per line reads as JSON Lines."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, encoding, ENCODING_HINT)
     if not text.lstrip().startswith("["):
-        return _jsonl_rows(path, bad, limit)
+        return _jsonl_rows(path, bad, limit, encoding)
     try:
         items = json.loads(text)
     except json.JSONDecodeError as e:
@@ -185,7 +193,7 @@ def _json_rows(path: Path, bad: OnBadRow, limit: int | None) -> list[Row]:
     return rows
 
 
-def _parquet_rows(path: Path, bad: OnBadRow, limit: int | None) -> list[Row]:
+def _parquet_rows(path: Path, bad: OnBadRow, limit: int | None, encoding: str) -> list[Row]:
     import pyarrow
     import pyarrow.parquet as pq
 
@@ -196,9 +204,9 @@ def _parquet_rows(path: Path, bad: OnBadRow, limit: int | None) -> list[Row]:
     return _numbered(str(path), table.slice(0, limit).to_pylist(), "row")
 
 
-def _txt_rows(path: Path, bad: OnBadRow, limit: int | None) -> list[Row]:
+def _txt_rows(path: Path, bad: OnBadRow, limit: int | None, encoding: str) -> list[Row]:
     """Paragraphs (separated by blank lines) as ``text`` rows."""
-    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", path.read_text(encoding="utf-8")) if p.strip()]
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", read_text(path, encoding, ENCODING_HINT)) if p.strip()]
     return _numbered(str(path), [{"text": p} for p in paragraphs[:limit]], "paragraph")
 
 

@@ -11,18 +11,21 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
 from pathlib import Path
 from typing import NamedTuple
 
 from minnow.core.errors import MinnowError
 from minnow.core.recipe import Recipe
 
+from .model_files import check_models, safetensors_header, weight_files
+
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 ADAM_STATE_PER_WEIGHT = 4  # the weight, its gradient and AdamW's two moments, each in the weight's dtype
 LOGIT_COPIES = 4  # teacher and student logits plus their temperature-softened distributions
 FITS = 0.8  # share of RAM the estimate may take before the plan "likely does not fit"
 GB = 1024**3
+SCHEDULE_BYTES_PER_SLOT = 64  # one example index per slot while the schedule is built, and its id in schedule.jsonl
+BATCH_BYTES_PER_TOKEN = 24  # input ids, attention mask and labels, int64 each
 
 
 class Finding(NamedTuple):
@@ -30,8 +33,32 @@ class Finding(NamedTuple):
     warning: bool = False
 
 
+def check_run(recipe: Recipe, ram: int | None = None) -> None:
+    """What would stop a run before it finished: damaged local model folders, a plan this machine cannot hold."""
+    check_models(recipe)
+    check_plan(recipe, ram or machine_ram())
+
+
+def check_plan(recipe: Recipe, ram: int) -> None:
+    """Sizes that cannot fit in this machine's RAM whatever the models: the schedule, and one batch's token tensors."""
+    cfg = recipe.distill
+    slots = cfg.steps * cfg.batch_size * cfg.grad_accum
+    sizes = {
+        f"distill.steps × batch_size × grad_accum = {slots:,} example slots: the schedule alone": slots * SCHEDULE_BYTES_PER_SLOT,
+        f"distill.batch_size × max_seq_len = {cfg.batch_size * cfg.max_seq_len:,} tokens per batch: its input tensors alone":
+            cfg.batch_size * cfg.max_seq_len * BATCH_BYTES_PER_TOKEN,
+        f"distill.eval_batch_size × max_seq_len = {cfg.eval_batch_size * cfg.max_seq_len:,} tokens per batch: its input tensors alone":
+            cfg.eval_batch_size * cfg.max_seq_len * BATCH_BYTES_PER_TOKEN,
+    }
+    for what, size in sizes.items():
+        if size > FITS * ram:
+            raise MinnowError(f"{what} would take about {_gb(size)}, more than this machine's {_gb(ram)} RAM can hold; lower them")
+
+
 def preflight(recipe: Recipe, ram: int | None = None) -> list[Finding]:
-    """Tokenizer and memory findings for a causal-lm recipe (embedding recipes have none)."""
+    """Checks :func:`check_run`, then tokenizer and memory findings for a causal-lm recipe (embedding: none);
+    ``ram`` (default: this machine's) is what the memory estimate is compared with."""
+    check_run(recipe)
     if recipe.task != "causal-lm":
         return []
     local = [p for p in (recipe.teacher.path, student_path(recipe)) if Path(p).is_dir()]
@@ -109,14 +136,9 @@ def _adapted(name: str, shape: list[int], recipe: Recipe) -> bool:
 
 def tensor_shapes(folder: Path) -> dict[str, list[int]]:
     """Every tensor's shape from the headers of the folder's safetensors files (nothing is loaded)."""
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise MinnowError(f"{folder}: no *.safetensors weights; Minnow loads models from safetensors only")
     shapes: dict[str, list[int]] = {}
-    for file in files:
-        with file.open("rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(size))
+    for file in weight_files(folder, "model"):
+        header = safetensors_header(file)
         shapes.update({name: info["shape"] for name, info in header.items() if name != "__metadata__"})
     return shapes
 

@@ -24,7 +24,8 @@ import onnxruntime_genai as og
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
-from minnow.core.atomic import output_dir
+from minnow.core import children
+from minnow.core.atomic import TMP_SUFFIX, output_dir
 from minnow.core.errors import MinnowError
 from minnow.core.measures import size_on_disk
 from minnow.core.recipe import Gate
@@ -81,7 +82,9 @@ def export_causal_lm(
     results: dict[str, dict] = {}
     references: list[Reference] | None = None
     reference_model = None
-    with tempfile.TemporaryDirectory(prefix="minnow-export-") as scratch:
+    # Scratch space inside the run directory, so that a resume removes what a killed export left.
+    onnx_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=onnx_root, prefix=".scratch.", suffix=TMP_SUFFIX) as scratch:
         for precision in dict.fromkeys(precisions):
             with output_dir(onnx_root / precision) as folder:
                 if architecture in builder_architectures():
@@ -162,7 +165,7 @@ def check_architecture(model_dir: Path) -> str:
 
 def _build(student_dir: Path, out_dir: Path, precision: str, architecture: str, int4_lm_head: str = "int8") -> None:
     """Run the model builder in a subprocess, offline, writing one precision into the existing ``out_dir``."""
-    with tempfile.TemporaryDirectory(prefix="minnow-builder-") as work:
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".builder.", suffix=TMP_SUFFIX) as work:
         command = [sys.executable, "-m", BUILDER_MODULE, "-i", str(student_dir.resolve()), "-o", str(out_dir.resolve())]
         command += ["-p", precision, "-e", "cpu", "-c", str(Path(work) / "cache")]
         if precision != "fp32":
@@ -171,7 +174,7 @@ def _build(student_dir: Path, out_dir: Path, precision: str, architecture: str, 
             command.append(INT8_LM_HEAD_OPTION)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         # `python -m` puts the working directory first on sys.path; an empty one cannot shadow the builder's modules.
-        run = subprocess.run(
+        run = children.run(
             command, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
         )
     if run.returncode != 0 or not (out_dir / "model.onnx").is_file():

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from minnow.core import children
 from minnow.core.measures import milliseconds, size_on_disk, tokens_per_s
 
 PROMPT_LENGTHS = (64, 512)
@@ -69,7 +69,7 @@ def peak_rss_mb() -> float:
 
 def measure(folder: Path, threads: int) -> dict:
     """:func:`measure_here` in a fresh Python process."""
-    run = subprocess.run(
+    run = children.run(
         [sys.executable, "-m", "minnow.export.figures", str(Path(folder).resolve()), str(threads)],
         capture_output=True,
         text=True,

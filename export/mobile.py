@@ -17,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from minnow.core import children
 from minnow.core.errors import MinnowError
 
 ORT_MODEL = "model.ort"
@@ -27,7 +28,7 @@ DEFAULT_MAX_LENGTH = 2048
 
 
 def _run(module: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    return children.run(
         [sys.executable, "-m", module, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
     )
 

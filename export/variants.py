@@ -78,6 +78,7 @@ def open_runs(run_dirs: Sequence[Path]) -> list[RunDir]:
     for run in runs:
         if not (run.student / "config.json").is_file():
             raise MinnowError(f"{run.path}: no trained student in student/; finish the run with `minnow run --resume`")
+        run.report()  # a corrupt report.json is named now, not halfway through building the page
     return runs
 
 

@@ -1,4 +1,8 @@
-"""The `minnow` command: validate a recipe, run it end to end, or run one stage on a run directory."""
+"""The `minnow` command: validate a recipe, run it end to end, or run one stage on a run directory.
+
+Exit codes: 0 done, 1 a bug in Minnow, 2 your input (recipe, data, models, run directory), 3 the machine (disk full,
+read-only or forbidden path, port in use, out of memory), 130 interrupted.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from . import boundary
+from .boundary import guard
 from .core.errors import MinnowError
+from .core.rundir import RunDir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__)
 err = Console(stderr=True)
@@ -19,27 +26,21 @@ RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_defaul
 RunArg = Annotated[Path, typer.Argument(help="Run directory made by `minnow run`.", show_default=False)]
 
 
-def _fail(e: MinnowError) -> None:
-    err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show a failure's traceback on screen too.")] = False,
+) -> None:
+    boundary.State.debug, boundary.State.log = debug, None
 
 
-def _guard(fn):
-    """User errors print one clear message and exit 2; no traceback."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except MinnowError as e:
-            _fail(e)
-
-    return wrapper
+def _logged(run: RunDir) -> RunDir:
+    """The run directory, now receiving the tracebacks of this command (its minnow.log)."""
+    boundary.log_to(run.log)
+    return run
 
 
 @app.command()
-@_guard
+@guard
 def validate(recipe: RecipeArg) -> None:
     """Check a recipe, its data, and its models when they are local; print it with every default filled in."""
     from minnow.distill.data import check_data
@@ -58,7 +59,7 @@ def validate(recipe: RecipeArg) -> None:
 
 
 @app.command()
-@_guard
+@guard
 def init(
     data_file: Annotated[Path, typer.Argument(help="Data file: .jsonl .json .csv .parquet .txt.", show_default=False)],
     output: Annotated[Path, typer.Option(help="Recipe file to write.")] = Path("recipe.yaml"),
@@ -77,7 +78,7 @@ def init(
 
 
 @app.command()
-@_guard
+@guard
 def schema(
     output: Annotated[Path | None, typer.Option(help="Write the schema here instead of printing it.")] = None,
 ) -> None:
@@ -96,7 +97,7 @@ def schema(
 
 
 @app.command()
-@_guard
+@guard
 def run(
     recipe: Annotated[Path | None, typer.Argument(help="Recipe YAML file.", show_default=False)] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue this run directory where it stopped.")] = None,
@@ -105,12 +106,11 @@ def run(
     """validate → distill → export → report (→ demo with --serve)."""
     from . import pipeline
     from .core.recipe import load_recipe
-    from .core.rundir import RunDir
 
     if (recipe is None) == (resume is None):
         raise MinnowError("give a RECIPE to start a run, or --resume RUN_DIR to continue one")
-    run_dir = RunDir.open(resume) if resume else RunDir.create(load_recipe(recipe))
-    err.print(f"run directory: {run_dir.path}")
+    run_dir = _logged(RunDir.open(resume).healed() if resume else RunDir.create(load_recipe(recipe)))
+    err.print(f"run directory: {run_dir.path}", soft_wrap=True, highlight=False)
     if not pipeline.is_distilled(run_dir):
         with pipeline.removed_on_error(run_dir, unless=resume is not None):
             pipeline.distill(run_dir)
@@ -124,31 +124,29 @@ def run(
 
 
 @app.command("distill")
-@_guard
+@guard
 def distill_cmd(recipe: RecipeArg) -> None:
     """Only the distill stage: make a run directory with the trained student."""
     from . import pipeline
     from .core.recipe import load_recipe
-    from .core.rundir import RunDir
 
-    run_dir = RunDir.create(load_recipe(recipe))
+    run_dir = _logged(RunDir.create(load_recipe(recipe)))
     with pipeline.removed_on_error(run_dir):
         pipeline.distill(run_dir)
     typer.echo(str(run_dir.path))
 
 
 @app.command("teacher-cache")
-@_guard
+@guard
 def teacher_cache_cmd(recipe: RecipeArg) -> None:
     """Only the teacher-cache stage: a run directory whose teacher_cache/ holds the teacher's top-k logits."""
     from . import pipeline
     from .core.recipe import load_recipe
-    from .core.rundir import RunDir
 
     loaded = load_recipe(recipe)
     if loaded.task != "causal-lm" or not loaded.distill.teacher_cache:
         raise MinnowError(f"{recipe}: distill.teacher_cache: true is needed (causal-lm recipes) to cache teacher logits")
-    run_dir = RunDir.create(loaded)
+    run_dir = _logged(RunDir.create(loaded))
     with pipeline.removed_on_error(run_dir):
         pipeline.teacher_cache(run_dir)
     err.print(f"next: minnow run --resume {os.path.relpath(run_dir.path)}")
@@ -156,13 +154,12 @@ def teacher_cache_cmd(recipe: RecipeArg) -> None:
 
 
 @app.command("export")
-@_guard
+@guard
 def export_cmd(run_dir: RunArg) -> None:
     """Only the export stage: ONNX folders for every precision of the recipe, with parity gates."""
     from . import pipeline
-    from .core.rundir import RunDir
 
-    run = RunDir.open(run_dir)
+    run = _logged(RunDir.open(run_dir))
     if not (run.student / "config.json").is_file():
         raise MinnowError(f"{run_dir}: no trained student in student/; run `minnow run` first")
     pipeline.export(run)
@@ -170,26 +167,35 @@ def export_cmd(run_dir: RunArg) -> None:
 
 
 @app.command("report")
-@_guard
+@guard
 def report_cmd(run_dir: RunArg) -> None:
     """Rewrite report.md from report.json."""
     from . import pipeline
-    from .core.rundir import RunDir
 
-    pipeline.report(RunDir.open(run_dir))
+    run = _logged(RunDir.open(run_dir))
+    missing = pipeline.missing(run)
+    if missing:
+        raise MinnowError(
+            f"{run_dir}: unfinished run, nothing to report: {'; '.join(missing)}; finish it with "
+            f"`minnow run --resume {run_dir}`"
+        )
+    pipeline.report(run)
 
 
 @app.command()
-@_guard
+@guard
 def serve(
     run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories to compare.", show_default=False)],
     port: Annotated[int | None, typer.Option(help="Port to listen on (default: serve.port of the first run).")] = None,
+    next_free_port: Annotated[
+        bool, typer.Option("--next-free-port", help="If the port is in use, take the next free one above it.")
+    ] = False,
 ) -> None:
     """Start the Gradio demo over one or more runs."""
-    _serve(run_dirs, port)
+    _serve(run_dirs, port, next_free_port)
 
 
-def _serve(run_dirs: list[Path], port: int | None = None) -> None:
+def _serve(run_dirs: list[Path], port: int | None = None, next_free: bool = False) -> None:
     from minnow.serve.app import launch
 
-    launch(run_dirs, port)
+    launch(run_dirs, port, next_free)

@@ -78,9 +78,11 @@ def init_recipe(
     if output.exists() and not force:
         raise MinnowError(f"{output}: already exists; pass --force to overwrite it")
     data_path = str(data_file.resolve())
-    sample, _ = read_rows(Data(path=data_path), lambda where, problem: None, limit=SAMPLE_ROWS)
+    problems: list[str] = []
+    sample, _ = read_rows(Data(path=data_path), lambda where, problem: problems.append(f"{where}: {problem}"), SAMPLE_ROWS)
     if not sample:
-        raise MinnowError(f"{data_file}: no readable rows among the first {SAMPLE_ROWS}")
+        first = f" (first: {problems[0]})" if problems else ""
+        raise MinnowError(f"{data_file}: no readable rows among the first {SAMPLE_ROWS}{first}")
     shape = guess_shape(data_file, [row for _, row in sample], task)
     examples = load_examples(Data(path=data_path, on_bad_line="skip", **shape.fields))
     n = len(dedup(examples))

@@ -9,7 +9,6 @@ from contextlib import contextmanager
 from rich.console import Console
 
 from .core.energy import energy_meter
-from .core.errors import MinnowError
 from .core.rundir import RunDir
 from .report.cost import cost_section
 from .report.markdown import write_markdown
@@ -19,16 +18,20 @@ console = Console(stderr=True)
 
 @contextmanager
 def removed_on_error(run: RunDir, unless: bool = False) -> Iterator[None]:
-    """A run that fails on the user's input before training leaves nothing half-written behind."""
+    """A new run that fails for any reason (input, machine, interruption) before its first checkpoint leaves no
+    run directory behind: nothing half-written, and nothing worth resuming."""
     try:
         yield
-    except MinnowError:
+    except BaseException:
         if not unless and not run.checkpoints.exists():
             shutil.rmtree(run.path, ignore_errors=True)
         raise
 
 
 def distill(run: RunDir) -> None:
+    from minnow.distill.preflight import check_run
+
+    check_run(run.recipe)
     if run.recipe.task == "causal-lm":
         from minnow.distill.causal_lm import distill_causal_lm as flow
     else:
@@ -49,7 +52,9 @@ def record_energy(run: RunDir, stage: str, energy: dict) -> None:
 def teacher_cache(run: RunDir) -> None:
     """Run the teacher once over train and held-out data and keep its top-k logits in teacher_cache/."""
     from minnow.distill.causal_lm import cache_teacher
+    from minnow.distill.preflight import check_run
 
+    check_run(run.recipe)
     console.rule(f"[bold]teacher-cache[/] {run.recipe.teacher.path} → {run.teacher_cache.name}/")
     with energy_meter(run.recipe.cost).task() as energy:
         _, info = cache_teacher(run)
@@ -125,6 +130,21 @@ def report(run: RunDir) -> None:
 
 def is_distilled(run: RunDir) -> bool:
     return (run.student / "config.json").is_file() and run.report().distill is not None
+
+
+def missing(run: RunDir) -> list[str]:
+    """What a finished run has and this one lacks, in words (empty when the run is complete)."""
+    report = run.report()
+    gaps = {
+        "no trained student (student/)": not (run.student / "config.json").is_file(),
+        "no distill section in report.json": report.distill is None,
+        "no export section in report.json": report.export is None,
+        "no measured variants in report.json": report.variants is None,
+    }
+    gaps |= {f"no onnx/{p}/": not (run.onnx / p).is_dir() for p in run.recipe.export.precisions}
+    if "mobile" in run.recipe.export.targets:
+        gaps["no mobile/"] = not run.mobile.is_dir()
+    return [text for text, absent in gaps.items() if absent]
 
 
 def is_exported(run: RunDir) -> bool:

@@ -14,14 +14,18 @@ within a request; the page updates as each one streams. Event API names: ``/comp
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import gradio as gr
 from matplotlib.figure import Figure
 
+from minnow.core.errors import EnvironmentFault, MinnowError
 from minnow.core.measures import megabytes
 from minnow.core.recipe import Serve
 from minnow.core.report_schema import CostSection
@@ -35,6 +39,7 @@ from .report import report_parts
 from .search import search, warm_indexes
 
 THREADS = (1, 2, 4)
+PORT_TRIES = 100  # --next-free-port: ports tried from the chosen one up
 DEFAULT_THREADS = min(2, os.cpu_count() or 1)
 # Per variant, the outputs an event fills: text (or hits), then two metrics.
 OUTPUTS_PER_VARIANT = 3
@@ -51,12 +56,50 @@ def build_app(run_dirs: Sequence[Path]) -> gr.Blocks:
     return _blocks(open_runs(run_dirs))
 
 
-def launch(run_dirs: Sequence[Path], port: int | None = None) -> None:
-    """Serve the demo until interrupted, on the first run's ``serve.host``/``serve.port`` (or ``port``)."""
+def launch(run_dirs: Sequence[Path], port: int | None = None, next_free: bool = False) -> None:
+    """Serve the demo until interrupted, on the first run's ``serve.host``/``serve.port`` (or ``port``); with
+    ``next_free``, the first free port from there on. EnvironmentFault when the port is taken."""
     runs = open_runs(run_dirs)
     settings = runs[0].recipe.serve
+    port = free_port(settings.host, port or settings.port, PORT_TRIES if next_free else 1)
     warm_indexes(search_groups(runs), DEFAULT_THREADS)
-    _blocks(runs).launch(server_name=settings.host, server_port=port or settings.port)
+    _blocks(runs).launch(server_name=settings.host, server_port=port)
+
+
+def free_port(host: str, port: int, tries: int) -> int:
+    """The first of ``tries`` ports from ``port`` on that ``host`` can listen on (probed as the server binds)."""
+    for candidate in range(port, min(port + tries, 65536)):
+        try:
+            family, kind, _, _, address = socket.getaddrinfo(host, candidate, type=socket.SOCK_STREAM)[0]
+        except socket.gaierror as e:
+            raise MinnowError(f"serve.host: cannot listen on {host!r}: {e.strerror}") from None
+        with socket.socket(family, kind) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE:
+                    raise EnvironmentFault(f"cannot listen on {host}:{candidate}: {e.strerror}; check serve.host") from None
+                continue
+        return candidate
+    taken = f"port {port}" if tries == 1 else f"ports {port}–{port + tries - 1}"
+    raise EnvironmentFault(
+        f"{taken} on {host} already in use (another demo?); stop it, pass --port N, or add --next-free-port"
+    )
+
+
+class Deadline:
+    """One request's time limit (``serve.time_limit_s``): variants not reached in time are skipped, not run."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def passed(self) -> bool:
+        return time.monotonic() >= self.end
+
+    def note(self, variant: Variant) -> str:
+        return f"⚠ {variant.label} skipped: the request reached the demo's time limit of {self.seconds:g} s"
 
 
 def _blocks(runs: list[RunDir]) -> gr.Blocks:
@@ -145,7 +188,7 @@ def _search_tab(groups: list[SearchGroup], threads: gr.Radio, settings: Serve) -
                         outputs += [hits, latency, overlap]
 
         def run_search(text: str, n_threads: int) -> Iterator[list[str]]:
-            yield from _search(groups, _checked(text, settings.max_input_chars, "query"), n_threads, settings.top_k)
+            yield from _search(groups, _checked(text, settings.max_input_chars, "query"), n_threads, settings)
 
         gr.on(
             [button.click, query.submit],
@@ -218,14 +261,17 @@ def _benchmark_tab(
 
         def run_benchmark(n_threads: int) -> Iterator[tuple[list[list], Figure | None]]:
             rows: list[Row] = []
+            deadline = Deadline(settings.time_limit_s)
             yield _rows(rows, jobs), None
             reports = {run.path: run.report() for run in runs}
             for variant, corpus in jobs:
                 report = reports[variant.run.path]
-                try:
-                    timing, label = time_variant(variant, corpus, report, settings, n_threads), variant.label
-                except Exception as e:  # one broken variant must not take the others down
-                    timing, label = None, _failure(variant, e)
+                timing, label = None, deadline.note(variant)
+                if not deadline.passed():
+                    try:
+                        timing, label = time_variant(variant, corpus, report, settings, n_threads), variant.label
+                    except Exception as e:  # one broken variant must not take the others down
+                        label = _failure(variant, e)
                 rows.append(Row(label, megabytes(variant.size_bytes), timing, quality_retained(variant, report)))
                 yield _rows(rows, jobs), figure(rows, headers[2], headers[3])
 
@@ -308,20 +354,28 @@ def _checked(text: str | None, limit: int, what: str) -> str:
 
 def _compare(variants: list[Variant], prompt: str, threads: int, settings: Serve) -> Iterator[list[str]]:
     values = ["", "", ""] * len(variants)
+    deadline = Deadline(settings.time_limit_s)
     yield list(values)
     for i, variant in enumerate(variants):
         at = slice(i * OUTPUTS_PER_VARIANT, (i + 1) * OUTPUTS_PER_VARIANT)
+        if deadline.passed():
+            values[at] = [deadline.note(variant), "", ""]
+            yield list(values)
+            continue
         try:
             for part in stream_text(variant, prompt, settings.max_new_tokens, threads):
                 values[at] = [part.text, _number(part.ttft_ms), _number(part.tokens_per_s)]
                 yield list(values)
+                if deadline.passed():
+                    break
         except Exception as e:  # one broken variant must not take the others down
             values[at] = [_failure(variant, e), "", ""]
             yield list(values)
 
 
-def _search(groups: list[SearchGroup], query: str, threads: int, k: int) -> Iterator[list[str]]:
+def _search(groups: list[SearchGroup], query: str, threads: int, settings: Serve) -> Iterator[list[str]]:
     values = ["", "", ""] * sum(len(group.variants) for group in groups)
+    deadline, k = Deadline(settings.time_limit_s), settings.top_k
     yield list(values)
     i = 0
     for group in groups:
@@ -329,6 +383,10 @@ def _search(groups: list[SearchGroup], query: str, threads: int, k: int) -> Iter
         for variant in group.variants:
             at = slice(i * OUTPUTS_PER_VARIANT, (i + 1) * OUTPUTS_PER_VARIANT)
             i += 1
+            if deadline.passed():
+                values[at] = [deadline.note(variant), "", ""]
+                yield list(values)
+                continue
             try:
                 result = search(variant, group.corpus, query, k, threads)
             except Exception as e:  # one broken variant must not take the others down

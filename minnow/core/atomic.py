@@ -11,6 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+# Temporary siblings are named `.<name>.<random><TMP_SUFFIX>`; a resumed run removes any a killed stage left.
+TMP_SUFFIX = ".tmp"
+
 
 def write_text(path: Path, text: str, check: Callable[[str], Any] | None = None) -> None:
     """``check``, when given, reads the written temporary file first; if it raises, ``path`` is left as it was."""
@@ -20,7 +23,7 @@ def write_text(path: Path, text: str, check: Callable[[str], Any] | None = None)
 def write_bytes(path: Path, data: bytes, check: Callable[[str], Any] | None = None) -> None:
     """Like :func:`write_text`, for bytes (images)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -40,7 +43,7 @@ def write_json(path: Path, data: Any) -> None:
 def output_dir(path: Path) -> Iterator[Path]:
     """Yield a temporary directory beside ``path``; on success it replaces ``path`` whole, on error it is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX))
     try:
         yield tmp
     except BaseException:

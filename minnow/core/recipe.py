@@ -6,6 +6,7 @@ A recipe is YAML. ``load_recipe`` parses it into :class:`Recipe`; any problem be
 
 from __future__ import annotations
 
+import codecs
 import importlib.util
 import re
 from pathlib import Path
@@ -15,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import MinnowError
+from .text import read_text
 
 PACKAGE_PREFIX = "package:"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -45,6 +47,12 @@ class FromTeacher(Section):
     def _one_choice(self) -> FromTeacher:
         if (self.layers is None) == (self.keep_fraction is None):
             raise ValueError("give exactly one of `layers` or `keep_fraction`")
+        layers = self.layers or []
+        repeated = sorted({i for i in layers if layers.count(i) > 1})
+        if repeated:
+            raise ValueError(f"`layers` lists layer {repeated[0]} more than once; each teacher layer is kept once")
+        if layers and (layers[0] < 0 or layers != sorted(layers)):
+            raise ValueError(f"`layers` must be teacher layer indices from 0 in increasing order, got {layers}")
         return self
 
 
@@ -92,12 +100,17 @@ class Data(Section):
     chat_template: bool = Field(True, description="Render prompt/response or messages with the tokenizer's chat template.")
     heldout: int = Field(64, ge=1, description="Examples held out for evaluation (chosen by stable id, not file order).")
     max_examples: int | None = Field(None, gt=0, description="Use at most this many training examples.")
+    encoding: str = Field("utf-8", description="Text encoding of a .jsonl, .json, .csv or .txt file (e.g. latin-1, cp1252).")
     on_bad_line: Literal["stop", "skip"] = Field(
         "stop", description="A malformed row: `stop` naming its file:line, or `skip` it with a warning naming file:line."
     )
 
     @model_validator(mode="after")
     def _one_source_and_fields(self) -> Data:
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ValueError(f"encoding: unknown text encoding {self.encoding!r} (e.g. utf-8, latin-1, cp1252)") from None
         if sum(x is not None for x in (self.path, self.dataset, self.builtin)) != 1:
             raise ValueError("give exactly one of `path`, `dataset` or `builtin`")
         if (self.prompt_field is None) != (self.response_field is None):
@@ -250,6 +263,9 @@ class Serve(Section):
     max_input_chars: int = Field(2000, gt=0, description="Longest prompt or query the demo accepts.")
     max_new_tokens: int = Field(64, gt=0, le=1024, description="Most tokens a variant generates per request.")
     max_queue: int = Field(16, gt=0, description="Requests waiting in the demo's queue before new ones are refused.")
+    time_limit_s: float = Field(
+        300.0, gt=0, description="Longest a demo request runs; variants it has not reached by then are shown as skipped."
+    )
     top_k: int = Field(5, gt=0, le=50, description="Search results shown per variant (embedding runs).")
     benchmark_prompts: int = Field(
         8, gt=0, le=256, description="Held-out prompts (or queries) per variant in the measure stage and the Benchmark tab."
@@ -345,6 +361,8 @@ def resolve_data_path(ref: str, base: Path) -> Path:
     path = path if path.is_absolute() else base / path
     if not path.exists():
         raise ValueError(f"no such file: {path}")
+    if not path.is_file():
+        raise ValueError(f"not a file: {path}")
     return path.resolve()
 
 
@@ -357,6 +375,21 @@ def resolve_dataset(ref: str, base: Path) -> str:
     if ref.startswith((".", "/", "~")):
         raise ValueError(f"no such folder: {local}")
     return ref
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (it would silently keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict[str, int] = {}
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.value in first:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key.value!r} (first at line {first[key.value]}); give it once", key.start_mark
+                )
+            if isinstance(key, yaml.ScalarNode):
+                first[key.value] = key.start_mark.line + 1
+        return super().construct_mapping(node, deep)
 
 
 def _line_index(text: str) -> dict[tuple, int]:
@@ -391,9 +424,9 @@ def load_recipe(path: str | Path) -> Recipe:
     file = Path(path)
     if not file.is_file():
         raise MinnowError(f"{file}: recipe file not found")
-    text = file.read_text(encoding="utf-8")
+    text = read_text(file)
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=UniqueKeyLoader)
         lines = _line_index(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)

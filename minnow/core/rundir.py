@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
 
 from . import atomic
 from .errors import MinnowError
@@ -15,6 +19,14 @@ from .recipe import Recipe, load_recipe, to_yaml
 from .report_schema import Report
 
 RESOLVED = "recipe.resolved.yaml"
+
+
+class CorruptReport(MinnowError):
+    """report.json does not parse; resuming the run sets it aside and rebuilds it."""
+
+    def __init__(self, file: Path, problem: str) -> None:
+        self.reason = f"{file}: corrupt ({problem.removesuffix(' (a corrupt or foreign report.json)')})"
+        super().__init__(f"{self.reason}; `minnow run --resume {file.parent}` rebuilds it from the run's artefacts")
 
 
 def _from_rank_zero(make: Callable[[], Path]) -> Path:
@@ -50,7 +62,11 @@ class RunDir:
             suffix += 1
             path = Path(recipe.runs_dir) / f"{recipe.name}-{stamp}-{suffix}"
         path.mkdir(parents=True)
-        atomic.write_text(path / RESOLVED, to_yaml(recipe))
+        try:
+            atomic.write_text(path / RESOLVED, to_yaml(recipe))
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
         return cls(path.resolve(), recipe)
 
     @classmethod
@@ -59,6 +75,23 @@ class RunDir:
         if not (path / RESOLVED).is_file():
             raise MinnowError(f"{path}: not a run directory (no {RESOLVED}); make one with `minnow run RECIPE`")
         return cls(path.resolve(), load_recipe(path / RESOLVED))
+
+    def healed(self) -> RunDir:
+        """This run made ready to resume: temporary files and folders a killed stage left are removed, and a
+        corrupt report.json is set aside (as report.json.corrupt) so that the stages rebuild their sections."""
+        if int(os.environ.get("RANK", "0")) == 0:
+            for tmp in sorted(self.path.rglob(f"*{atomic.TMP_SUFFIX}"), key=lambda p: -len(p.parts)):
+                if tmp.is_dir() and not tmp.is_symlink():
+                    shutil.rmtree(tmp)
+                else:
+                    tmp.unlink(missing_ok=True)
+            try:
+                self.report()
+            except CorruptReport as e:
+                os.replace(self.report_json, self.corrupt_report)
+                note = f"{e.reason}; set aside as {self.corrupt_report.name}, the stages rebuild it"
+                Console(stderr=True).print(f"[yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
+        return self
 
     # Every path a run directory holds is named here; stages ask for it instead of spelling it.
     @property
@@ -131,6 +164,15 @@ class RunDir:
         return self.path / "report.json"
 
     @property
+    def corrupt_report(self) -> Path:
+        return self.path / "report.json.corrupt"
+
+    @property
+    def log(self) -> Path:
+        """Tracebacks of failed commands on this run (the screen shows one message; --debug shows them too)."""
+        return self.path / "minnow.log"
+
+    @property
     def report_md(self) -> Path:
         return self.path / "report.md"
 
@@ -152,8 +194,17 @@ class RunDir:
         return path.relative_to(self.path).as_posix()
 
     def report(self) -> Report:
+        """report.json (empty before the first stage wrote it); CorruptReport, with the way forward, when it does
+        not parse."""
         file = self.report_json
-        return Report.parse(file.read_text(encoding="utf-8"), str(file)) if file.is_file() else Report()
+        if not file.is_file():
+            return Report()
+        try:
+            return Report.parse(file.read_bytes().decode("utf-8"), str(file))
+        except UnicodeDecodeError:
+            raise CorruptReport(file, "not UTF-8 text") from None
+        except MinnowError as e:
+            raise CorruptReport(file, str(e).removeprefix(f"{file}: ").removeprefix(": ")) from None
 
     def update_report(self, section: str, data: Any) -> None:
         """Set one section of report.json (validated by its model) and write the file atomically."""
