@@ -25,7 +25,7 @@ from minnow.core.recipe import Recipe
 from minnow.core.rundir import RunDir
 
 from .data import split_examples
-from .encoder import PROJECTION_FILE, EncoderWithPooling, TorchEncoder, load_encoder
+from .encoder import EncoderWithPooling, TorchEncoder, load_encoder, save_sentence_transformer
 from .models import check_mean_pooling, local_model_dir
 from .metrics import agreement
 from .curriculum import Scorer, embedding_learnability, plan_curriculum
@@ -162,7 +162,7 @@ def distill_embedding(run: RunDir) -> dict:
     if recipe.lora is not None:
         student.encoder = student.encoder.merge_and_unload()
     student.eval()
-    save_encoder(student, tok, run.student)
+    save_encoder(student, tok, run.student, cfg.max_seq_len)
     after = agreement(TorchEncoder(student, tok).encode(held_texts, cfg.eval_batch_size, cfg.max_seq_len), held_emb)
     return {
         "device": str(device),
@@ -179,12 +179,10 @@ def distill_embedding(run: RunDir) -> dict:
     }
 
 
-def save_encoder(model: EncoderWithPooling, tok: PreTrainedTokenizerBase, folder: Path) -> None:
+def save_encoder(model: EncoderWithPooling, tok: PreTrainedTokenizerBase, folder: Path, max_seq_len: int) -> None:
+    """The student as a sentence-transformers model folder, appearing whole or not at all."""
     with atomic.output_dir(folder) as tmp:
-        model.encoder.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        if model.projection is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in model.projection.state_dict().items()}, str(tmp / PROJECTION_FILE))
+        save_sentence_transformer(model, tok, tmp, max_seq_len)
 
 
 def _count(model: torch.nn.Module) -> int:

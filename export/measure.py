@@ -14,11 +14,13 @@ from minnow.distill.metrics import agreement
 from minnow.core.energy import EnergyMeter
 from minnow.core.rundir import RunDir
 
-from .embedding import OnnxEncoder, TorchEncoder, throughput
+from .embedding import ECOSYSTEM_FILES, OnnxEncoder, TorchEncoder, throughput
 
 
-def folder_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+def folder_bytes(folder: Path, exclude: Path | None = None) -> int:
+    """Bytes of the files under ``folder``, leaving out those under ``folder / exclude``."""
+    skip = folder / exclude if exclude is not None else None
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not (skip and f.is_relative_to(skip)))
 
 
 def measure_embedding(
@@ -45,7 +47,7 @@ def measure_embedding(
                 embeddings = encode(texts)
             rows[name] = {
                 "sentences_per_s": sentences_per_s,
-                "size_bytes": folder_bytes(folder),
+                "size_bytes": folder_bytes(folder, exclude=Path(ECOSYSTEM_FILES["fp32"]).parent),  # PyTorch files only
                 "embeddings": embeddings,
                 "energy": energy,
             }
