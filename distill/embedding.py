@@ -110,6 +110,8 @@ def distill_embedding(run: RunDir) -> dict:
         student, _ = load_encoder(local_model_dir(recipe.student.path, recipe.student.revision))
         if student.dim != teacher.dim:
             student.projection = torch.nn.Linear(student.dim, teacher.dim)
+    if "tokens" in cfg.embedding_loss.split("+") and student.encoder.config.hidden_size != teacher.encoder.config.hidden_size:
+        raise MinnowError("distill.embedding_loss: `tokens` needs a student as wide as the teacher; use `attention`")
 
     train, heldout, counts = split_examples(recipe)
     _write_jsonl(run.heldout, heldout)
@@ -153,6 +155,8 @@ def distill_embedding(run: RunDir) -> dict:
         train_dataset=Dataset.from_list(rows),
         data_collator=collate,
         loss=cfg.embedding_loss,
+        teacher=teacher,
+        relation_heads=cfg.relation_heads,
     )
     started = time.perf_counter()
     train_resuming(trainer, run.checkpoints)

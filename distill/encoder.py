@@ -40,9 +40,13 @@ class EncoderWithPooling(torch.nn.Module):
             pooled = self.projection(pooled)
         return F.normalize(pooled, p=2, dim=-1)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_tokens: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Sentence embeddings; with ``return_tokens``, also the last layer's token vectors."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.pool(hidden, attention_mask)
+        pooled = self.pool(hidden, attention_mask)
+        return (pooled, hidden) if return_tokens else pooled
 
 
 def _load_projection(model_dir: Path, in_features: int) -> torch.nn.Linear | None:

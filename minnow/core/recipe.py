@@ -118,8 +118,15 @@ class Distill(Section):
     jsd_beta: float = Field(0.5, gt=0, lt=1, description="β of `loss: jsd`: mixture weight of the teacher (GKD).")
     skew_alpha: float = Field(0.1, gt=0, lt=1, description="α of `loss: skew_kl`/`skew_reverse_kl` (DistiLLM).")
     ce_weight: float = Field(0.5, ge=0, le=1, description="Weight of cross-entropy on the data; KD gets 1 - ce_weight.")
-    embedding_loss: Literal["mse", "cosine", "mse+cosine"] = Field(
-        "mse+cosine", description="Embedding task: loss between student and teacher sentence embeddings."
+    embedding_loss: str = Field(
+        "mse+cosine",
+        pattern=r"^(mse|cosine|similarity|tokens|attention)(\+(mse|cosine|similarity|tokens|attention))*$",
+        description="Embedding task: `+`-joined loss terms: `mse`, `cosine` (sentence embeddings), `similarity` (in-batch "
+        "similarity matrices, Tung & Mori 2019), `tokens` (last-layer token vectors, TinyBERT), `attention` (last-layer "
+        "Q/K/V self-relations, MiniLMv2); `tokens` and `attention` run the teacher on each batch.",
+    )
+    relation_heads: int = Field(
+        12, gt=0, description="Embedding task, `attention` term: relation heads the Q/K/V vectors are split into (MiniLMv2)."
     )
     freeze_embeddings: bool = Field(
         True, description="Embedding task: keep the token-embedding table copied from the teacher fixed (faster steps)."
