@@ -24,10 +24,12 @@ def folder_bytes(folder: Path, exclude: Path | None = None) -> int:
 
 
 def measure_embedding(
-    run: RunDir, texts: list[str], meter: EnergyMeter, timed: int = 256, threads: int | None = None
+    run: RunDir, texts: list[str], meter: EnergyMeter, timed: int = 256, threads: int | None = None,
+    unseen: list[str] | None = None,
 ) -> dict:
     """Agreement with the teacher over ``texts`` and throughput (sentences/s) over the first ``timed`` of them,
-    for the teacher, the student and each ONNX precision; energy of embedding all ``texts`` (one request each)."""
+    for the teacher, the student and each ONNX precision; energy of embedding all ``texts`` (one request each).
+    With ``unseen`` texts (another domain, never trained on), each variant's agreement on them too."""
     threads = threads or os.cpu_count() or 1
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -46,6 +48,7 @@ def measure_embedding(
             with meter.task() as energy:
                 embeddings = encode(texts)
             rows[name] = {
+                "unseen_embeddings": encode(unseen) if unseen else None,
                 "sentences_per_s": sentences_per_s,
                 "size_bytes": folder_bytes(folder, exclude=Path(ECOSYSTEM_FILES["fp32"]).parent),  # PyTorch files only
                 "embeddings": embeddings,
@@ -59,6 +62,7 @@ def measure_embedding(
         "batch_size": cfg.eval_batch_size,
         "texts": len(texts),
         "timed_texts": min(timed, len(texts)),
+        **({"unseen_texts": len(unseen)} if unseen else {}),
         "variants": {
             name: {
                 "sentences_per_s": round(r["sentences_per_s"], 2),
@@ -67,6 +71,7 @@ def measure_embedding(
                 "requests": len(texts),
                 "energy": r["energy"],
                 **agreement(r["embeddings"], teacher["embeddings"]),
+                **({"unseen": agreement(r["unseen_embeddings"], teacher["unseen_embeddings"])} if unseen else {}),
             }
             for name, r in rows.items()
         },

@@ -91,6 +91,15 @@ class Data(Section):
     )
     chat_template: bool = Field(True, description="Render prompt/response or messages with the tokenizer's chat template.")
     heldout: int = Field(64, ge=1, description="Examples held out for evaluation (chosen by stable id, not file order).")
+    sentence_splits: bool = Field(
+        False, description="Embedding task: also train on the sentences of each training paragraph (query-like texts)."
+    )
+    unseen: Literal["python-licenses"] | None = Field(
+        None,
+        description="Embedding task: a held-back evaluation on another domain, never trained on; `python-licenses`: "
+        "paragraphs of the licence files of Python and the installed packages.",
+    )
+    unseen_examples: int = Field(500, gt=1, description="Texts in the `unseen` evaluation (chosen by stable id).")
     max_examples: int | None = Field(None, gt=0, description="Use at most this many training examples.")
     on_bad_line: Literal["stop", "skip"] = Field(
         "stop", description="A malformed row: `stop` naming its file:line, or `skip` it with a warning naming file:line."

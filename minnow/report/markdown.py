@@ -69,7 +69,7 @@ def _embedding_quality(d: dict) -> list[str]:
     return lines + _table(["model", "mean cosine to teacher", "Spearman of pairwise similarities", "top-10 retrieval overlap"], rows)
 
 
-def _variants(v: dict, task: str) -> list[str]:
+def variants_section(v: dict, task: str) -> list[str]:
     lines = ["## Variants side by side", ""]
     if task == "causal-lm":
         lines += [
@@ -86,8 +86,13 @@ def _variants(v: dict, task: str) -> list[str]:
         "",
     ]
     keys = ["sentences_per_s", "speedup_vs_teacher", "mean_cosine", "spearman_pairwise", "top10_overlap"]
+    header = ["variant", "size", "sentences/s", "× teacher", "mean cosine", "Spearman", "top-10 overlap"]
     rows = [[name, _mb(r["size_bytes"]), *(r.get(k) for k in keys)] for name, r in v["variants"].items()]
-    return lines + _table(["variant", "size", "sentences/s", "× teacher", "mean cosine", "Spearman", "top-10 overlap"], rows)
+    if v.get("unseen_texts"):
+        lines[-2] += f" Unseen: the same agreement on {v['unseen_texts']} texts of a domain never trained on."
+        header += ["unseen Spearman", "unseen top-10 overlap"]
+        rows = [row + [r["unseen"]["spearman_pairwise"], r["unseen"]["top10_overlap"]] for row, r in zip(rows, v["variants"].values())]
+    return lines + _table(header, rows)
 
 
 def _cost(c: dict) -> list[str]:
@@ -159,7 +164,7 @@ def markdown(report: dict) -> str:
         lines += _mobile(e.get("mobile"))
         lines += _figures(e)
     if report.get("variants"):
-        lines += _variants(report["variants"], report.get("task"))
+        lines += variants_section(report["variants"], report.get("task"))
     if report.get("cost"):
         lines += _cost(report["cost"])
     return "\n".join(lines)
