@@ -5,6 +5,8 @@ One function for both tasks; the task only changes the front matter, the loading
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import yaml
 
 from minnow.core import atomic
@@ -45,7 +47,9 @@ def model_card(report: dict, recipe: dict, folder: str) -> str:
     ``recipe`` (a plain dict); ``folder`` is the path shown in the loading snippet."""
     task, d = recipe["task"], report.get("distill", {})
     teacher = recipe["teacher"]["path"]
-    front = {**FRONT_MATTER[task], "tags": ["minnow", "distillation", "knowledge-distillation"], "base_model": teacher}
+    front = {**FRONT_MATTER[task], "tags": ["minnow", "distillation", "knowledge-distillation"]}
+    if not Path(teacher).exists():  # a hub id; a local folder is no base_model the hub can link
+        front["base_model"] = teacher
     cut = {k: v for k, v in (recipe["student"].get("from_teacher") or {}).items() if v is not None}
     student = recipe["student"].get("path") or "cut from the teacher (" + ", ".join(f"{k}: {v}" for k, v in cut.items()) + ")"
     data = recipe["data"]
