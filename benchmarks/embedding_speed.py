@@ -25,7 +25,7 @@ import torch
 
 from minnow.distill.data import python_docstrings
 from minnow.distill.embedding import derive_student, save_encoder
-from minnow.distill.models import local_model_dir
+from minnow.core.recipe import resolve_model_path
 from minnow.export.embedding import OnnxEncoder, TorchEncoder, export_embedding, load_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     texts = sorted(set(python_docstrings()))[: args.texts]
-    teacher, tok = load_encoder(local_model_dir(TEACHER, None))
+    teacher, tok = load_encoder(Path(resolve_model_path(TEACHER, ROOT)))
     results, fused = [], {}
     with tempfile.TemporaryDirectory() as work:
         folders = {}
