@@ -134,7 +134,6 @@ class LogitDistillTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
-EMBEDDING_TERMS = ("mse", "cosine", "similarity", "tokens", "attention")
 TEACHER_RUN_TERMS = ("tokens", "attention")  # need the teacher's token vectors or attention inputs on each batch
 
 
