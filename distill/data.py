@@ -16,6 +16,7 @@ import json
 import re
 import sysconfig
 from collections.abc import Callable
+from importlib.metadata import distributions
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,42 @@ def python_docstrings(min_words: int = 12, max_words: int = 200) -> list[str]:
                 if min_words <= len(words) <= max_words and not para.lstrip().startswith(">>>"):
                     paragraphs.append(" ".join(words))
     return paragraphs
+
+
+def python_licenses(min_words: int = 12, max_words: int = 200) -> list[str]:
+    """Unique paragraphs of the licence files of Python itself and of the installed packages (``*.dist-info``):
+    legal prose, a domain the docstrings do not cover, for a held-back evaluation of generalisation."""
+    licences = {Path(d.locate_file(f)) for d in distributions() for f in d.files or [] if "LICEN" in f.name.upper()}
+    files = [Path(sysconfig.get_paths()["stdlib"]) / "LICENSE.txt"] + sorted(licences)
+    paragraphs: dict[str, None] = {}
+    for file in files:
+        try:
+            text = file.read_text(encoding="utf-8") if file.is_file() else ""
+        except (UnicodeDecodeError, OSError):
+            continue
+        for para in re.split(r"\n\s*\n", text):
+            words = para.split()
+            if min_words <= len(words) <= max_words:
+                paragraphs[" ".join(words)] = None
+    return list(paragraphs)
+
+
+def unseen_examples(source: str, n: int, exclude: set[str]) -> list[Example]:
+    """``n`` texts of the ``data.unseen`` corpus, chosen by stable id, none of whose texts is in ``exclude``."""
+    texts = {"python-licenses": python_licenses}[source]()
+    examples = [{"text": t, "id": stable_id({"text": t})} for t in texts if t not in exclude]
+    return sorted(examples, key=lambda ex: ex["id"])[:n]
+
+
+def sentence_splits(examples: list[Example], min_words: int = 6) -> list[Example]:
+    """Each paragraph's sentences of at least ``min_words`` words, as examples of their own (with stable ids):
+    short, query-like texts beside the paragraphs they come from. A paragraph that is one sentence adds nothing."""
+    out: list[Example] = []
+    for ex in examples:
+        sentences = [s for s in re.split(r"(?<=[.!?])\s+(?=[A-Z`'\"(])", ex["text"]) if len(s.split()) >= min_words]
+        for sentence in sentences if len(sentences) > 1 else []:
+            out.append({"text": sentence, "id": stable_id({"text": sentence})})
+    return out
 
 
 def read_rows(spec: Data, bad: OnBadRow, limit: int | None = None) -> tuple[list[Row], str]:

@@ -25,8 +25,8 @@ from minnow.core.recipe import Recipe
 from minnow.core.rundir import RunDir
 
 from .curriculum import Scorer, embedding_learnability, plan_curriculum
-from .data import split_examples
-from .encoder import PROJECTION_FILE, EncoderWithPooling, TorchEncoder, load_encoder
+from .data import sentence_splits, split_examples, unseen_examples
+from .encoder import EncoderWithPooling, TorchEncoder, load_encoder, save_sentence_transformer
 from .metrics import agreement
 from .models import check_mean_pooling, local_model_dir
 from .schedules import scheduled
@@ -108,23 +108,44 @@ def distill_embedding(run: RunDir) -> dict:
         student, _ = load_encoder(local_model_dir(recipe.student.path, recipe.student.revision))
         if student.dim != teacher.dim:
             student.projection = torch.nn.Linear(student.dim, teacher.dim)
+    if "tokens" in cfg.embedding_loss.split("+") and student.encoder.config.hidden_size != teacher.encoder.config.hidden_size:
+        raise MinnowError("distill.embedding_loss: `tokens` needs a student as wide as the teacher; use `attention`")
 
     train, heldout, counts = split_examples(recipe)
     _write_jsonl(run.heldout, heldout)
     _write_jsonl(run.corpus, heldout + train[: max(0, recipe.serve.search_corpus - len(heldout))])
+    if recipe.data.sentence_splits:
+        known = {ex["id"] for ex in train + heldout}
+        train += list({ex["id"]: ex for ex in sentence_splits(train) if ex["id"] not in known}.values())
+        counts["train_with_sentences"] = len(train)
+    seen = {ex["text"] for ex in train + heldout}
+    unseen = unseen_examples(recipe.data.unseen, recipe.data.unseen_examples, seen) if recipe.data.unseen else []
+    _write_jsonl(run.unseen, unseen)
 
-    everything = train + heldout
+    everything = train + heldout + unseen
     ids = [ex["id"] for ex in everything]
     emb, scores = _cached_teacher(run, teacher, tok, [ex["text"] for ex in everything], ids, cfg, device)
-    ScoreCache(run.scores, run.scorer_costs).set_column("incoherence", scores)
-    train_emb, held_emb = emb[: len(train)], emb[len(train) :]
+    ScoreCache(run.scores, run.scorer_costs).set_column("incoherence", {i: scores[i] for i in ids[: len(train) + len(heldout)]})
+    train_emb, held_emb = emb[: len(train)], emb[len(train) : len(train) + len(heldout)]
+    unseen_emb = emb[len(train) + len(heldout) :]
     train_ids = ids[: len(train)]
     free = Scorer("free", ("incoherence",), lambda pos: [{"incoherence": scores[train_ids[i]]} for i in pos])
     plan = plan_curriculum(recipe.curriculum, recipe.task, recipe.data, run, train_ids,
                            [ex["text"] for ex in train], {"teacher pass (targets)": free})
 
     held_texts = [ex["text"] for ex in heldout]
-    before = agreement(TorchEncoder(student.to(device), tok).encode(held_texts, cfg.eval_batch_size, cfg.max_seq_len), held_emb)
+
+    def evaluate() -> dict:
+        """Agreement with the teacher on the held-out texts, and on the unseen domain when the recipe has one."""
+        encoder = TorchEncoder(student.to(device), tok)
+        out = {"eval": {"student": agreement(encoder.encode(held_texts, cfg.eval_batch_size, cfg.max_seq_len), held_emb),
+                        "texts": len(heldout)}}
+        if unseen:
+            got = encoder.encode([ex["text"] for ex in unseen], cfg.eval_batch_size, cfg.max_seq_len)
+            out["eval_unseen"] = {"student": agreement(got, unseen_emb), "texts": len(unseen), "source": recipe.data.unseen}
+        return out
+
+    before = evaluate()
 
     if cfg.freeze_embeddings:
         student.encoder.get_input_embeddings().requires_grad_(False)
@@ -151,6 +172,8 @@ def distill_embedding(run: RunDir) -> dict:
         train_dataset=Dataset.from_list(rows),
         data_collator=collate,
         loss=cfg.embedding_loss,
+        teacher=teacher,
+        relation_heads=cfg.relation_heads,
     )
     started = time.perf_counter()
     train_resuming(trainer, run.checkpoints)
@@ -160,8 +183,8 @@ def distill_embedding(run: RunDir) -> dict:
     if recipe.lora is not None:
         student.encoder = student.encoder.merge_and_unload()
     student.eval()
-    save_encoder(student, tok, run.student)
-    after = agreement(TorchEncoder(student, tok).encode(held_texts, cfg.eval_batch_size, cfg.max_seq_len), held_emb)
+    save_encoder(student, tok, run.student, cfg.max_seq_len)
+    after = evaluate()
     return {
         "device": str(device),
         "examples": counts,
@@ -171,18 +194,17 @@ def distill_embedding(run: RunDir) -> dict:
         "parameters": {"teacher": _count(teacher), "student": _count(student)},
         "layers": {"teacher": teacher.encoder.config.num_hidden_layers, "student": student.encoder.config.num_hidden_layers},
         "curriculum": plan.report(),
-        "eval_before": {"student": before, "texts": len(heldout)},
-        "eval": {"student": after, "texts": len(heldout)},
+        "eval_before": before["eval"],
+        **({"eval_unseen_before": before["eval_unseen"]} if unseen else {}),
+        **after,
         "parity_prompts": held_texts,
     }
 
 
-def save_encoder(model: EncoderWithPooling, tok: PreTrainedTokenizerBase, folder: Path) -> None:
+def save_encoder(model: EncoderWithPooling, tok: PreTrainedTokenizerBase, folder: Path, max_seq_len: int) -> None:
+    """The student as a sentence-transformers model folder, appearing whole or not at all."""
     with atomic.output_dir(folder) as tmp:
-        model.encoder.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        if model.projection is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in model.projection.state_dict().items()}, str(tmp / PROJECTION_FILE))
+        save_sentence_transformer(model, tok, tmp, max_seq_len)
 
 
 def _count(model: torch.nn.Module) -> int:

@@ -1,20 +1,23 @@
 """A sentence encoder as Minnow distills it: a Hugging Face encoder, attention-masked mean pooling, an optional
-projection to the teacher's width (``projection.safetensors``) and L2 normalisation."""
+projection to the teacher's width and L2 normalisation.
+
+On disk it is a sentence-transformers model folder (``modules.json``: Transformer, Pooling, an optional Dense with
+identity activation for the projection, Normalize), so ``SentenceTransformer(folder)`` gives the same embeddings.
+"""
 
 from __future__ import annotations
 
+import json
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer, BatchEncoding, PreTrainedModel, PreTrainedTokenizerFast
 
 from minnow.core.errors import MinnowError
-
-PROJECTION_FILE = "projection.safetensors"
 
 
 class EncoderWithPooling(torch.nn.Module):
@@ -29,37 +32,73 @@ class EncoderWithPooling(torch.nn.Module):
     def dim(self) -> int:
         return self.projection.out_features if self.projection is not None else self.encoder.config.hidden_size
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token vectors [batch, seq, hidden] → normalised sentence embeddings [batch, dim]."""
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
         if self.projection is not None:
             pooled = self.projection(pooled)
         return F.normalize(pooled, p=2, dim=-1)
 
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_tokens: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Sentence embeddings; with ``return_tokens``, also the last layer's token vectors."""
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        pooled = self.pool(hidden, attention_mask)
+        return (pooled, hidden) if return_tokens else pooled
 
-def _load_projection(path: Path, in_features: int) -> torch.nn.Linear:
-    tensors = load_file(path)
-    weight, bias = tensors.get("weight"), tensors.get("bias")
-    if weight is None or bias is None or weight.ndim != 2 or bias.shape != weight.shape[:1]:
-        raise MinnowError(f"{path} must hold 'weight' [out, in] and 'bias' [out]; found {sorted(tensors)}")
-    if weight.shape[1] != in_features:
-        raise MinnowError(f"{path}: weight takes {weight.shape[1]} inputs but the encoder outputs {in_features}")
-    projection = torch.nn.Linear(weight.shape[1], weight.shape[0])
-    projection.load_state_dict({"weight": weight, "bias": bias})
-    return projection
+
+def _load_projection(model_dir: Path, in_features: int) -> torch.nn.Linear | None:
+    """The Dense module of a sentence-transformers folder as a Linear layer (identity activation only), or None."""
+    modules_file = model_dir / "modules.json"
+    modules = json.loads(modules_file.read_text()) if modules_file.is_file() else []
+    dense = [m for m in modules if m["type"].rsplit(".", 1)[-1] == "Dense"]
+    if not dense:
+        return None
+    from sentence_transformers.sentence_transformer.modules import Dense
+
+    layer = Dense.load(str(model_dir / dense[0]["path"]))
+    where = model_dir / dense[0]["path"]
+    if len(dense) > 1 or not isinstance(layer.activation_function, torch.nn.Identity):
+        raise MinnowError(f"{where}: Minnow supports one Dense module with identity activation after pooling")
+    if layer.in_features != in_features:
+        raise MinnowError(f"{where}: Dense takes {layer.in_features} inputs but the encoder outputs {in_features}")
+    return layer.linear
 
 
 def load_encoder(model_dir: Path) -> tuple[EncoderWithPooling, PreTrainedTokenizerFast]:
-    """Load the encoder (safetensors only, no remote code), its tokenizer and optional projection, in eval mode."""
+    """Load the encoder (safetensors only, no remote code), its tokenizer and optional Dense projection, in eval mode."""
     model_dir = Path(model_dir)
     if not (model_dir / "model.safetensors").is_file():
         raise MinnowError(f"{model_dir} has no model.safetensors: expected a folder written by save_pretrained")
     encoder = AutoModel.from_pretrained(model_dir, use_safetensors=True, trust_remote_code=False)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
-    projection_path = model_dir / PROJECTION_FILE
-    projection = _load_projection(projection_path, encoder.config.hidden_size) if projection_path.exists() else None
+    projection = _load_projection(model_dir, encoder.config.hidden_size)
     return EncoderWithPooling(encoder, projection).eval(), tokenizer
+
+
+def save_sentence_transformer(
+    model: EncoderWithPooling, tokenizer: PreTrainedTokenizerFast, folder: Path, max_seq_len: int
+) -> None:
+    """Write ``model`` into ``folder`` as a sentence-transformers model: Transformer, Pooling (mean), Dense (the
+    projection, identity activation) when there is one, Normalize; written by the library's own ``save``."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
+
+    with tempfile.TemporaryDirectory() as hf:
+        model.encoder.save_pretrained(hf, safe_serialization=True)
+        tokenizer.save_pretrained(hf)
+        modules: list[torch.nn.Module] = [Transformer(hf, max_seq_length=max_seq_len)]
+        modules.append(Pooling(model.encoder.config.hidden_size, pooling_mode="mean"))
+        if model.projection is not None:
+            p = model.projection
+            modules.append(
+                Dense(p.in_features, p.out_features, activation_function=None, init_weight=p.weight.detach().cpu(),
+                      init_bias=p.bias.detach().cpu())
+            )
+        modules.append(Normalize())
+        SentenceTransformer(modules=modules, device="cpu").save(str(folder), create_model_card=False)
 
 
 def tokenized_batches(

@@ -227,3 +227,54 @@ def embedding_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 def embedding_cosine(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Mean (1 - cosine) between sentence embeddings; scale-free companion of the MSE above."""
     return (1 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)).mean()
+
+
+def similarity_matrix_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between the in-batch cosine-similarity matrices of student and teacher.
+
+    Similarity-preserving KD (Tung & Mori 2019, "Similarity-Preserving Knowledge Distillation", ICCV): the student
+    matches which texts the teacher finds alike, which is what retrieval ranks by; the dimensions may differ.
+    """
+    s, t = F.normalize(student.float(), dim=-1), F.normalize(teacher.float(), dim=-1)
+    return F.mse_loss(s @ s.T, t @ t.T)
+
+
+def token_mse(student: torch.Tensor, teacher: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between the token vectors [batch, seq, hidden] of student and teacher, over real tokens.
+
+    Hidden-state distillation of TinyBERT (Jiao et al. 2020, "TinyBERT: Distilling BERT for Natural Language
+    Understanding", eq. 8), here on the last layer, without the projection (student and teacher share the width).
+    """
+    mask = attention_mask.unsqueeze(-1).to(torch.float32)
+    squared = (student.float() - teacher.float()).pow(2) * mask
+    return squared.sum() / (mask.sum() * student.size(-1))
+
+
+def self_relation(x: torch.Tensor, attention_mask: torch.Tensor, heads: int) -> torch.Tensor:
+    """Log-softmax of scaled dot products of ``x`` [batch, seq, hidden] with itself, per relation head:
+    [batch, heads, seq, seq], padding keys masked out (MiniLMv2's self-attention relation, eq. 2)."""
+    b, n, d = x.shape
+    split = x.float().view(b, n, heads, d // heads).transpose(1, 2)
+    scores = split @ split.transpose(-1, -2) / math.sqrt(d // heads)
+    scores = scores.masked_fill(~attention_mask.bool()[:, None, None, :], LOG_ZERO)
+    return F.log_softmax(scores, dim=-1)
+
+
+def attention_relation_kl(
+    student: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    teacher: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    attention_mask: torch.Tensor,
+    heads: int,
+) -> torch.Tensor:
+    """MiniLMv2 multi-head self-attention relation distillation (Wang et al. 2021, "MiniLMv2: Multi-Head
+    Self-Attention Relation Distillation for Compressing Pretrained Transformers", eq. 3): the mean over the
+    query-query, key-key and value-value relations of KL(teacher relation ‖ student relation), averaged over relation
+    heads and real query tokens. ``student`` and ``teacher`` are (queries, keys, values), each [batch, seq, hidden];
+    the widths may differ, as the relation heads split each one.
+    """
+    rows = attention_mask.bool()[:, None, :].expand(-1, heads, -1)
+    total = torch.zeros((), device=attention_mask.device)
+    for s, t in zip(student, teacher):
+        kl = kl_from_log_probs(self_relation(t, attention_mask, heads), self_relation(s, attention_mask, heads))
+        total = total + kl[rows].mean()
+    return total / 3

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 
 import torch
 from transformers import Trainer
 
+from .encoder import EncoderWithPooling
 from .losses import (
     IGNORE_INDEX,
     Divergence,
+    attention_relation_kl,
     embedding_cosine,
     embedding_mse,
     forward_kl_from_log_probs,
     kd_loss_sum,
+    similarity_matrix_mse,
     sparse_kd_loss_sum,
+    token_mse,
 )
 
 CACHED_TEACHER = ("teacher_ids", "teacher_log_probs", "teacher_tail")
@@ -128,20 +134,57 @@ class LogitDistillTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
-class EmbeddingDistillTrainer(Trainer):
-    """Sentence-embedding student regressed onto cached teacher embeddings (MSE and/or cosine).
+TEACHER_RUN_TERMS = ("tokens", "attention")  # need the teacher's token vectors or attention inputs on each batch
 
-    The teacher never runs during training: its embeddings are computed once and travel in the batch as
-    ``teacher_embedding``.
+
+@contextlib.contextmanager
+def last_layer_qkv(encoder: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collects the query, key and value projections [batch, seq, hidden] of a BERT-like encoder's last layer."""
+    attention = [m for name, m in encoder.named_modules() if name.endswith("attention.self")][-1]
+    captured: list[torch.Tensor] = []
+    hooks = [getattr(attention, name).register_forward_hook(lambda m, i, out: captured.append(out))
+             for name in ("query", "key", "value")]
+    try:
+        yield captured
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+class EmbeddingDistillTrainer(Trainer):
+    """Sentence-embedding student trained on the teacher's embeddings; the loss is a sum of named terms.
+
+    Terms on sentence embeddings use the cached teacher embeddings that travel in the batch as
+    ``teacher_embedding``: ``mse``, ``cosine``, ``similarity`` (in-batch similarity matrices). Terms on token
+    vectors run the teacher on the batch (it must share the student's tokenizer): ``tokens`` (last-layer hidden
+    states, TinyBERT) and ``attention`` (last-layer query/key/value self-relations, MiniLMv2).
     """
 
-    def __init__(self, *args, loss: str, **kwargs):
+    def __init__(self, *args, loss: str, teacher: EncoderWithPooling | None = None, relation_heads: int = 12, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_terms = loss.split("+")
+        self.relation_heads = relation_heads
+        self.teacher = None
+        if set(self.loss_terms) & set(TEACHER_RUN_TERMS):
+            if teacher is None:
+                raise ValueError(f"loss terms {TEACHER_RUN_TERMS} need the teacher model")
+            self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         target = inputs.pop("teacher_embedding")
-        student = model(inputs["input_ids"], inputs["attention_mask"])
-        terms = {"mse": embedding_mse, "cosine": embedding_cosine}
-        loss = sum(terms[name](student, target) for name in self.loss_terms)
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        relations = "attention" in self.loss_terms
+        with last_layer_qkv(model) if relations else contextlib.nullcontext([]) as student_qkv:
+            student, tokens = model(ids, mask, return_tokens=True)
+        losses = {
+            "mse": lambda: embedding_mse(student, target),
+            "cosine": lambda: embedding_cosine(student, target),
+            "similarity": lambda: similarity_matrix_mse(student, target),
+        }
+        if self.teacher is not None:
+            with torch.no_grad(), last_layer_qkv(self.teacher) if relations else contextlib.nullcontext([]) as teacher_qkv:
+                teacher_tokens = self.teacher.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+            losses["tokens"] = lambda: token_mse(tokens, teacher_tokens, mask)
+            losses["attention"] = lambda: attention_relation_kl(student_qkv, teacher_qkv, mask, self.relation_heads)
+        loss = sum(losses[name]() for name in self.loss_terms)
         return (loss, student) if return_outputs else loss

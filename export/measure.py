@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from pathlib import Path
 
 import torch
 
@@ -17,7 +18,7 @@ from minnow.distill.encoder import TorchEncoder
 from minnow.distill.metrics import agreement
 from minnow.distill.models import local_model_dir
 
-from .embedding import OnnxEncoder, throughput
+from .embedding import ECOSYSTEM_FILES, OnnxEncoder, throughput
 from .generate import stream_text
 from .generate import throughput as generation_throughput
 from .variants import compare_variants
@@ -31,10 +32,12 @@ def heldout_prompts(report: Report, limit: int) -> list[str]:
     return prompts[:limit]
 
 
-def measure_embedding(run: RunDir, texts: list[str], meter: EnergyMeter, threads: int | None = None) -> dict:
+def measure_embedding(
+    run: RunDir, texts: list[str], meter: EnergyMeter, threads: int | None = None, unseen: list[str] | None = None
+) -> dict:
     """Agreement with the teacher over ``texts`` and throughput (sentences/s) over the first ``export.timed_texts``
     of them, for the teacher, the student and each ONNX precision; energy of embedding all ``texts`` (one request
-    each)."""
+    each). With ``unseen`` texts (another domain, never trained on), each variant's agreement on them too."""
     threads = threads or os.cpu_count() or 1
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -55,8 +58,9 @@ def measure_embedding(run: RunDir, texts: list[str], meter: EnergyMeter, threads
             with meter.task() as energy:
                 embeddings = encode(texts)
             rows[name] = {
+                "unseen_embeddings": encode(unseen) if unseen else None,
                 "sentences_per_s": sentences_per_s,
-                "size_bytes": size_on_disk(folder),
+                "size_bytes": size_on_disk(folder, exclude=Path(ECOSYSTEM_FILES["fp32"]).parent),  # not the ONNX copies
                 "embeddings": embeddings,
                 "energy": energy,
             }
@@ -68,6 +72,7 @@ def measure_embedding(run: RunDir, texts: list[str], meter: EnergyMeter, threads
         "batch_size": cfg.eval_batch_size,
         "texts": len(texts),
         "timed_texts": min(timed, len(texts)),
+        **({"unseen_texts": len(unseen)} if unseen else {}),
         "variants": {
             name: {
                 "sentences_per_s": round(r["sentences_per_s"], 2),
@@ -76,6 +81,7 @@ def measure_embedding(run: RunDir, texts: list[str], meter: EnergyMeter, threads
                 "requests": len(texts),
                 "energy": r["energy"],
                 **agreement(r["embeddings"], teacher["embeddings"]),
+                **({"unseen": agreement(r["unseen_embeddings"], teacher["unseen_embeddings"])} if unseen else {}),
             }
             for name, r in rows.items()
         },

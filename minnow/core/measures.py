@@ -6,14 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def size_on_disk(path: str | Path) -> int | None:
-    """Bytes of a file, or of every file under a folder (what copying the artefact costs); None if absent."""
+def size_on_disk(path: str | Path, exclude: str | Path | None = None) -> int | None:
+    """Bytes of a file, or of every file under a folder (what copying the artefact costs) but those under
+    ``path / exclude``; None if absent."""
     path = Path(path)
     if path.is_file():
         return path.stat().st_size
     if not path.is_dir():
         return None
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    skip = path / exclude if exclude is not None else None
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not (skip and f.is_relative_to(skip)))
 
 
 def tokens_per_s(tokens: int, seconds: float) -> float:

@@ -99,6 +99,15 @@ class Data(Section):
     )
     chat_template: bool = Field(True, description="Render prompt/response or messages with the tokenizer's chat template.")
     heldout: int = Field(64, ge=1, description="Examples held out for evaluation (chosen by stable id, not file order).")
+    sentence_splits: bool = Field(
+        False, description="Embedding task: also train on the sentences of each training paragraph (query-like texts)."
+    )
+    unseen: Literal["python-licenses"] | None = Field(
+        None,
+        description="Embedding task: a held-back evaluation on another domain, never trained on; `python-licenses`: "
+        "paragraphs of the licence files of Python and the installed packages.",
+    )
+    unseen_examples: int = Field(500, gt=1, description="Texts in the `unseen` evaluation (chosen by stable id).")
     max_examples: int | None = Field(None, gt=0, description="Use at most this many training examples.")
     encoding: str = Field("utf-8", description="Text encoding of a .jsonl, .json, .csv or .txt file (e.g. latin-1, cp1252).")
     on_bad_line: Literal["stop", "skip"] = Field(
@@ -131,8 +140,15 @@ class Distill(Section):
     jsd_beta: float = Field(0.5, gt=0, lt=1, description="β of `loss: jsd`: mixture weight of the teacher (GKD).")
     skew_alpha: float = Field(0.1, gt=0, lt=1, description="α of `loss: skew_kl`/`skew_reverse_kl` (DistiLLM).")
     ce_weight: float = Field(0.5, ge=0, le=1, description="Weight of cross-entropy on the data; KD gets 1 - ce_weight.")
-    embedding_loss: Literal["mse", "cosine", "mse+cosine"] = Field(
-        "mse+cosine", description="Embedding task: loss between student and teacher sentence embeddings."
+    embedding_loss: str = Field(
+        "mse+cosine",
+        pattern=r"^(mse|cosine|similarity|tokens|attention)(\+(mse|cosine|similarity|tokens|attention))*$",
+        description="Embedding task: `+`-joined loss terms: `mse`, `cosine` (sentence embeddings), `similarity` (in-batch "
+        "similarity matrices, Tung & Mori 2019), `tokens` (last-layer token vectors, TinyBERT), `attention` (last-layer "
+        "Q/K/V self-relations, MiniLMv2); `tokens` and `attention` run the teacher on each batch.",
+    )
+    relation_heads: int = Field(
+        12, gt=0, description="Embedding task, `attention` term: relation heads the Q/K/V vectors are split into (MiniLMv2)."
     )
     freeze_embeddings: bool = Field(
         True, description="Embedding task: keep the token-embedding table copied from the teacher fixed (faster steps)."

@@ -51,6 +51,7 @@ class VariantFigures(Section):
     mean_cosine: float | None = None
     spearman_pairwise: float | None = None
     top10_overlap: float | None = None
+    unseen: dict[str, float] | None = Field(None, description="Embedding: the same agreement on an unseen domain.")
 
 
 class Variants(Section):
@@ -61,6 +62,7 @@ class Variants(Section):
     batch_size: int | None = None
     texts: int | None = None
     timed_texts: int | None = None
+    unseen_texts: int | None = None
 
 
 class ExportedFolder(Section):

