@@ -33,6 +33,7 @@ from minnow.core.recipe import Gate
 from . import gate as quality_gate
 from .genai import greedy_generator, load_model
 from .mobile import DEFAULT_MAX_LENGTH, write_mobile
+from .precisions import export_precisions
 from .torch_decoder import export_torch_decoder, torch_architectures
 
 SUPPORTED_PRECISIONS = ("fp32", "int8", "int4")
@@ -53,6 +54,50 @@ class Reference:
     prompt: str
     prompt_ids: list[int]
     tokens: list[int]
+
+
+class CausalExport:
+    """Decoder export of one student: the builder (or torch.onnx) writes a precision; the check compares its greedy
+    tokens with PyTorch's and, given held-out sequences, measures it against the quality gate."""
+
+    def __init__(
+        self,
+        student_dir: Path,
+        architecture: str,
+        scratch: Path,
+        parity_prompts: list[str],
+        max_new_tokens: int,
+        gate: Gate,
+        gate_sequences: Sequence[Sequence[int]],
+        int4_lm_head: str,
+        max_length: int | None,
+    ) -> None:
+        self.student_dir, self.scratch, self.prompts, self.max_new_tokens = student_dir, scratch, parity_prompts, max_new_tokens
+        self.gate, self.gate_sequences, self.int4_lm_head, self.max_length = gate, gate_sequences, int4_lm_head, max_length
+        self.architecture = architecture
+        self.references: list[Reference] | None = None
+        self.reference_model: torch.nn.Module | None = None
+
+    def write(self, precision: str, folder: Path) -> None:
+        if self.architecture in builder_architectures():
+            _build(self.student_dir, folder, precision, self.architecture, self.int4_lm_head)
+        else:
+            export_torch_decoder(self.student_dir, folder, precision, self.scratch, self.int4_lm_head)
+        if self.max_length is not None:
+            _cap_length(folder, self.max_length)
+
+    def check(self, precision: str, folder: Path, artefact: str | None = None) -> dict:
+        if self.references is None:
+            # The builder settles the stop tokens (it adds the tokenizer's end-of-turn token), so PyTorch's
+            # reference decoding is computed once the first folder exists, with that folder's stop tokens.
+            stop = _eos_token_ids(folder)
+            self.references = greedy_references(self.student_dir, self.prompts, self.max_new_tokens, stop)
+        result = {"parity": compare_to_references(folder, self.references, self.max_new_tokens, precision)}
+        if self.gate_sequences:
+            self.reference_model = self.reference_model or load_reference(self.student_dir)
+            figures = quality_gate.measure(self.reference_model, folder, self.gate_sequences)
+            result["gate"] = quality_gate.check(figures, self.gate, precision, artefact=artefact)
+        return result
 
 
 def export_causal_lm(
@@ -79,45 +124,21 @@ def export_causal_lm(
     if unknown:
         raise MinnowError(f"unknown export precision {unknown[0]!r}; choose from {', '.join(SUPPORTED_PRECISIONS)}")
     architecture = check_architecture(student_dir)
-    results: dict[str, dict] = {}
-    references: list[Reference] | None = None
-    reference_model = None
     # Scratch space inside the run directory, so that a resume removes what a killed export left.
     onnx_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=onnx_root, prefix=".scratch.", suffix=TMP_SUFFIX) as scratch:
-        for precision in dict.fromkeys(precisions):
-            with output_dir(onnx_root / precision) as folder:
-                if architecture in builder_architectures():
-                    _build(student_dir, folder, precision, architecture, int4_lm_head)
-                else:
-                    export_torch_decoder(student_dir, folder, precision, Path(scratch), int4_lm_head)
-                if max_length is not None:
-                    _cap_length(folder, max_length)
-                if references is None:
-                    # The builder settles the stop tokens (it adds the tokenizer's end-of-turn token), so PyTorch's
-                    # reference decoding is computed once the first folder exists, with that folder's stop tokens.
-                    references = greedy_references(student_dir, parity_prompts, max_new_tokens, _eos_token_ids(folder))
-                parity = compare_to_references(folder, references, max_new_tokens, precision)
-                result = {"parity": parity}
-                if gate_sequences:
-                    reference_model = reference_model or load_reference(student_dir)
-                    figures = quality_gate.measure(reference_model, folder, gate_sequences)
-                    result["gate"] = quality_gate.check(figures, gate or Gate(), precision)
-            results[precision] = {
-                "path": f"{onnx_root.name}/{precision}",
-                "size_bytes": size_on_disk(onnx_root / precision),
-                **result,
-            }
+        task = CausalExport(
+            student_dir, architecture, Path(scratch), parity_prompts, max_new_tokens, gate or Gate(), gate_sequences, int4_lm_head,
+            max_length,
+        )
+        results = export_precisions(task, onnx_root, precisions)
     if "mobile" in targets:
         if "int4" not in results:
             raise MinnowError("the mobile target is made from the int4 export; add int4 to export.precisions")
         mobile = onnx_root.parent / "mobile"
         with output_dir(mobile) as folder:
             info = write_mobile(onnx_root / "int4", folder, max_length or DEFAULT_MAX_LENGTH)
-            result = {"parity": compare_to_references(folder, references, max_new_tokens, "int4")}
-            if gate_sequences:
-                figures = quality_gate.measure(reference_model or load_reference(student_dir), folder, gate_sequences)
-                result["gate"] = quality_gate.check(figures, gate or Gate(), "int4", artefact="mobile (int4)")
+            result = task.check("int4", folder, artefact="mobile (int4)")
         results["mobile"] = {
             "path": mobile.name,
             "size_bytes": size_on_disk(mobile),

@@ -30,10 +30,10 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.transformers.optimizer import optimize_model
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from minnow.core.atomic import output_dir
 from minnow.core.errors import MinnowError
-from minnow.core.measures import sentences_per_s, size_on_disk
+from minnow.core.measures import sentences_per_s
 from minnow.distill.encoder import EncoderWithPooling, TorchEncoder, load_encoder, tokenized_batches
+from minnow.export.precisions import export_precisions
 
 SUPPORTED_PRECISIONS = ("fp32", "int8")
 PARITY_THRESHOLDS = {"fp32": 0.999, "int8": 0.99}
@@ -174,6 +174,43 @@ def _parity(precision: str, got: np.ndarray, reference: np.ndarray, threshold: f
     return {"mean_cosine": mean, "min_cosine": low, "threshold": threshold}
 
 
+class EmbeddingExport:
+    """Encoder export of one student: fp32 is the fused graph traced once, int8 its dynamic quantization; the check
+    compares each with PyTorch's embeddings and places the passing file in the student folder too."""
+
+    def __init__(
+        self,
+        student_dir: Path,
+        model: EncoderWithPooling,
+        tokenizer: PreTrainedTokenizerFast,
+        scratch: Path,
+        parity_texts: list[str],
+        thresholds: dict[str, float],
+    ) -> None:
+        self.student_dir, self.tokenizer, self.texts, self.thresholds = Path(student_dir), tokenizer, parity_texts, thresholds
+        self.reference = TorchEncoder(model, tokenizer).encode(parity_texts)
+        self.fp32_path = scratch / MODEL_FILE
+        self.fused = _export_fp32(model, tokenizer, self.fp32_path)
+
+    def write(self, precision: str, folder: Path) -> None:
+        if precision == "fp32":
+            shutil.copyfile(self.fp32_path, folder / MODEL_FILE)
+        else:
+            _quantize_int8(self.fp32_path, folder / MODEL_FILE)
+        self.tokenizer.save_pretrained(folder)
+
+    def check(self, precision: str, folder: Path) -> dict:
+        got = OnnxEncoder(folder).encode(self.texts)
+        parity = _parity(precision, got, self.reference, self.thresholds[precision])
+        # A hard link to the file about to be renamed into place: the same file once it is there.
+        _link(folder / MODEL_FILE, self.student_dir / ECOSYSTEM_FILES[precision])
+        return {
+            "parity": parity,
+            "fused_operators": self.fused,
+            "student_file": f"{self.student_dir.name}/{ECOSYSTEM_FILES[precision]}",
+        }
+
+
 def export_embedding(
     student_dir: Path,
     onnx_root: Path,
@@ -192,28 +229,7 @@ def export_embedding(
         raise MinnowError(f"precisions must be a non-empty subset of {SUPPORTED_PRECISIONS}; got {precisions}")
     if not parity_texts:
         raise MinnowError("parity_texts is empty: the export cannot be checked against PyTorch")
-    limits = {**PARITY_THRESHOLDS, **(thresholds or {})}
     model, tokenizer = load_encoder(student_dir)
-    reference = TorchEncoder(model, tokenizer).encode(parity_texts)
-    onnx_root = Path(onnx_root)
-    report = {}
     with tempfile.TemporaryDirectory() as scratch:
-        fp32_path = Path(scratch) / MODEL_FILE
-        fused = _export_fp32(model, tokenizer, fp32_path)
-        for precision in dict.fromkeys(precisions):
-            with output_dir(onnx_root / precision) as out:
-                if precision == "fp32":
-                    shutil.copyfile(fp32_path, out / MODEL_FILE)
-                else:
-                    _quantize_int8(fp32_path, out / MODEL_FILE)
-                tokenizer.save_pretrained(out)
-                parity = _parity(precision, OnnxEncoder(out).encode(parity_texts), reference, limits[precision])
-            _link(onnx_root / precision / MODEL_FILE, Path(student_dir) / ECOSYSTEM_FILES[precision])
-            report[precision] = {
-                "path": f"{onnx_root.name}/{precision}",
-                "size_bytes": size_on_disk(onnx_root / precision),
-                "parity": parity,
-                "fused_operators": fused,
-                "student_file": f"{Path(student_dir).name}/{ECOSYSTEM_FILES[precision]}",
-            }
-    return report
+        task = EmbeddingExport(student_dir, model, tokenizer, Path(scratch), parity_texts, {**PARITY_THRESHOLDS, **(thresholds or {})})
+        return export_precisions(task, Path(onnx_root), precisions)
