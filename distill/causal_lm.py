@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import functools
 import json
-import time
 from collections.abc import Callable
 from typing import NamedTuple
 
 import jinja2
 import torch
 from datasets import Dataset
-from peft import LoraConfig, get_peft_model
 from rich.console import Console
 from transformers import AutoTokenizer, DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
@@ -27,10 +25,9 @@ from .generate import cached_responses, generate
 from .losses import IGNORE_INDEX, divergence
 from .models import load_causal_lm
 from .prune import derive_causal_student
-from .schedules import scheduled
 from .teacher_cache import CachedTeacherCollator, TeacherCache, ensure_cache
-from .trainer import LogitDistillTrainer
-from .training import pick_device, save_pretrained, train_resuming, training_arguments
+from .trainer import ScheduledLogitDistillTrainer
+from .training import merged, parameter_count, pick_device, save_pretrained, train, training_arguments, with_lora
 
 
 def check_tokenizers(teacher_path: str, student_tok: PreTrainedTokenizerBase) -> None:
@@ -250,7 +247,7 @@ def distill_causal_lm(run: RunDir) -> dict:
     with args.main_process_first(local=False, desc="teacher responses, pruning, teacher cache and scores"):
         # several processes: rank 0 writes these run-dir files first, the others then read them
         prepared, load_teacher = _prepared_with_teacher(run, device)
-        tok, heldout, train_rows, eval_rows, counts, collate, template, train = prepared
+        tok, collate, train_rows, eval_rows = prepared.tok, prepared.collate, prepared.train_rows, prepared.eval_rows
 
         student_spec, derived = recipe.student, None
         if recipe.student.from_teacher is not None:
@@ -277,26 +274,16 @@ def distill_causal_lm(run: RunDir) -> dict:
         student = load_causal_lm(student_spec, device)
 
         ids = [r["id"] for r in train_rows]
-        texts = {ex["id"]: example_text(ex) for ex in train}
+        texts = {ex["id"]: example_text(ex) for ex in prepared.train}
         scorers = causal_scorers(cache or teacher, student, train_rows, collate, cfg.eval_batch_size, device)
         plan = plan_curriculum(
             recipe.curriculum, recipe.task, recipe.data, run, ids, [texts[i] for i in ids], scorers
         )
     before = evaluate(student)
 
-    if recipe.lora is not None:
-        student = get_peft_model(
-            student,
-            LoraConfig(
-                r=recipe.lora.r,
-                lora_alpha=recipe.lora.alpha,
-                lora_dropout=recipe.lora.dropout,
-                target_modules=recipe.lora.target_modules,
-                task_type="CAUSAL_LM",
-            ),
-        )
+    student = with_lora(student, recipe.lora, task_type="CAUSAL_LM")
     learnable = causal_learnability(plan, lambda: trainer.model, train_rows, collate, cfg.eval_batch_size, device)
-    trainer = scheduled(LogitDistillTrainer)(
+    trainer = ScheduledLogitDistillTrainer(
         sampler=plan.sampler(cfg.steps, args.train_batch_size * cfg.grad_accum * args.world_size, cfg.seed, learnable),
         model=student,
         args=args,
@@ -310,40 +297,28 @@ def distill_causal_lm(run: RunDir) -> dict:
         on_policy_fraction=cfg.on_policy_fraction,
         max_new_tokens=cfg.max_new_tokens,
     )
-    started = time.perf_counter()
-    train_resuming(trainer, run.checkpoints)
-    train_seconds = time.perf_counter() - started
-    student = trainer.model.merge_and_unload() if recipe.lora is not None else trainer.model
-    if not trainer.is_world_process_zero():
+    trained = train(trainer, run.checkpoints)
+    student = merged(trainer.model, recipe.lora)
+    if not trained.main_process:
         return {}
     save_pretrained(student, tok, run.student)
     after = evaluate(student)
-    return {
-        "device": str(device),
-        "examples": counts | {"train": len(train_rows), "heldout": len(eval_rows)},
-        "train_seconds": round(train_seconds, 2),
-        "steps": trainer.state.global_step,
-        "loss_log": [
-            {"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e and "step" in e
-        ],
-        "parameters": {"teacher": _count(teacher) if teacher else cache_info["teacher_parameters"], "student": _count(student)},
+    teacher_parameters = parameter_count(teacher) if teacher else cache_info["teacher_parameters"]
+    return trained.report(device, teacher_parameters, parameter_count(student)) | {
+        "examples": prepared.counts | {"train": len(train_rows), "heldout": len(eval_rows)},
         "loss": {"kd": _loss_name(cfg), "temperature": cfg.temperature, "ce_weight": cfg.ce_weight,
                  "mode": cfg.mode, "on_policy_fraction": cfg.on_policy_fraction},
         "teacher_responses": run.relative(run.teacher_responses) if cfg.mode == "sequence" else None,
         "teacher_cache": cache_info if cache else None,
         "student_from_teacher": derived,
-        "tokenizer": {"tokens": len(tok), "chat_template": template or "teacher and student agree"},
+        "tokenizer": {"tokens": len(tok), "chat_template": prepared.chat_template_note or "teacher and student agree"},
         "curriculum": plan.report(),
         "eval_before": before,
         "eval": after,
-        "parity_prompts": [prompt_text(ex, tok, recipe.data.chat_template) for ex in heldout],
+        "parity_prompts": [prompt_text(ex, tok, recipe.data.chat_template) for ex in prepared.heldout],
     }
 
 
 def _loss_name(cfg) -> str:
     extra = {"jsd": f"(β={cfg.jsd_beta})", "skew_kl": f"(α={cfg.skew_alpha})", "skew_reverse_kl": f"(α={cfg.skew_alpha})"}
     return cfg.loss + extra.get(cfg.loss, "")
-
-
-def _count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from datasets import Dataset
-from peft import LoraConfig, get_peft_model
 from rich.progress import track
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerBase
@@ -29,10 +27,9 @@ from .data import sentence_splits, split_examples, unseen_examples
 from .encoder import EncoderWithPooling, TorchEncoder, load_encoder, save_sentence_transformer
 from .metrics import agreement
 from .models import check_mean_pooling, local_model_dir
-from .schedules import scheduled
 from .scorers import ScoreCache
-from .trainer import EmbeddingDistillTrainer
-from .training import pick_device, train_resuming, training_arguments
+from .trainer import ScheduledEmbeddingDistillTrainer
+from .training import merged, parameter_count, pick_device, training_arguments, with_lora
 
 
 def derive_student(teacher: EncoderWithPooling, layers: list[int]) -> EncoderWithPooling:
@@ -149,11 +146,7 @@ def distill_embedding(run: RunDir) -> dict:
 
     if cfg.freeze_embeddings:
         student.encoder.get_input_embeddings().requires_grad_(False)
-    if recipe.lora is not None:
-        lora = recipe.lora
-        student.encoder = get_peft_model(
-            student.encoder, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules)
-        )
+    student.encoder = with_lora(student.encoder, recipe.lora)
     rows = [
         {**tok(ex["text"], truncation=True, max_length=cfg.max_seq_len), "teacher_embedding": train_emb[i].tolist()}
         for i, ex in enumerate(train)
@@ -165,7 +158,7 @@ def distill_embedding(run: RunDir) -> dict:
 
     args = training_arguments(recipe, run.checkpoints, device, remove_unused_columns=False)
     learnable = embedding_learnability(lambda: trainer.model, tok, [ex["text"] for ex in train], train_emb, cfg)
-    trainer = scheduled(EmbeddingDistillTrainer)(
+    trainer = ScheduledEmbeddingDistillTrainer(
         sampler=plan.sampler(cfg.steps, args.train_batch_size * cfg.grad_accum * args.world_size, cfg.seed, learnable),
         model=student.train(),
         args=args,
@@ -175,23 +168,15 @@ def distill_embedding(run: RunDir) -> dict:
         teacher=teacher,
         relation_heads=cfg.relation_heads,
     )
-    started = time.perf_counter()
-    train_resuming(trainer, run.checkpoints)
-    train_seconds = time.perf_counter() - started
-    if not trainer.is_world_process_zero():
+    trained = train(trainer, run.checkpoints)
+    if not trained.main_process:
         return {}
-    if recipe.lora is not None:
-        student.encoder = student.encoder.merge_and_unload()
+    student.encoder = merged(student.encoder, recipe.lora)
     student.eval()
     save_encoder(student, tok, run.student, cfg.max_seq_len)
     after = evaluate()
-    return {
-        "device": str(device),
+    return trained.report(device, parameter_count(teacher), parameter_count(student)) | {
         "examples": counts,
-        "train_seconds": round(train_seconds, 2),
-        "steps": trainer.state.global_step,
-        "loss_log": [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e],
-        "parameters": {"teacher": _count(teacher), "student": _count(student)},
         "layers": {"teacher": teacher.encoder.config.num_hidden_layers, "student": student.encoder.config.num_hidden_layers},
         "curriculum": plan.report(),
         "eval_before": before["eval"],
@@ -205,7 +190,3 @@ def save_encoder(model: EncoderWithPooling, tok: PreTrainedTokenizerBase, folder
     """The student as a sentence-transformers model folder, appearing whole or not at all."""
     with atomic.output_dir(folder) as tmp:
         save_sentence_transformer(model, tok, tmp, max_seq_len)
-
-
-def _count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

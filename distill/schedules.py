@@ -215,13 +215,3 @@ class ScheduledTrainerMixin:
 
     def _get_train_sampler(self, train_dataset=None) -> Sampler[int]:
         return self.curriculum_sampler
-
-
-_SCHEDULED: dict[type, type] = {}
-
-
-def scheduled(trainer_class: type) -> type:
-    """``trainer_class`` drawing its examples from a curriculum sampler (one subclass per class, made once)."""
-    if trainer_class not in _SCHEDULED:
-        _SCHEDULED[trainer_class] = type(f"Scheduled{trainer_class.__name__}", (ScheduledTrainerMixin, trainer_class), {})
-    return _SCHEDULED[trainer_class]

@@ -22,6 +22,7 @@ from .losses import (
     sparse_kd_loss_sum,
     token_mse,
 )
+from .schedules import ScheduledTrainerMixin
 
 CACHED_TEACHER = ("teacher_ids", "teacher_log_probs", "teacher_tail")
 
@@ -188,3 +189,11 @@ class EmbeddingDistillTrainer(Trainer):
             losses["attention"] = lambda: attention_relation_kl(student_qkv, teacher_qkv, mask, self.relation_heads)
         loss = sum(losses[name]() for name in self.loss_terms)
         return (loss, student) if return_outputs else loss
+
+
+class ScheduledLogitDistillTrainer(ScheduledTrainerMixin, LogitDistillTrainer):
+    """The causal-LM trainer drawing its examples from the curriculum's sampler."""
+
+
+class ScheduledEmbeddingDistillTrainer(ScheduledTrainerMixin, EmbeddingDistillTrainer):
+    """The embedding trainer drawing its examples from the curriculum's sampler."""

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, get_peft_model
 from rich.console import Console
 from transformers import Trainer, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from minnow.core import atomic
-from minnow.core.recipe import Recipe
+from minnow.core.recipe import Lora, Recipe
 
 
 def pick_device(choice: str) -> torch.device:
@@ -74,3 +77,50 @@ def save_pretrained(model, tokenizer, folder: Path) -> None:
     with atomic.output_dir(folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+
+
+def with_lora(model: torch.nn.Module, lora: Lora | None, task_type: str | None = None) -> torch.nn.Module:
+    """``model`` with LoRA adapters (peft) on ``lora.target_modules``; as it is when the recipe trains every weight."""
+    if lora is None:
+        return model
+    config = LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules, task_type=task_type
+    )
+    return get_peft_model(model, config)
+
+
+def merged(model: torch.nn.Module, lora: Lora | None) -> torch.nn.Module:
+    """The LoRA adapters folded into plain weights (what is saved and exported)."""
+    return model.merge_and_unload() if lora is not None else model
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What every distill flow reports of its training run."""
+
+    seconds: float
+    steps: int
+    loss_log: list[dict[str, float]]
+    main_process: bool
+
+    def report(self, device: torch.device, teacher: int, student: int) -> dict:
+        """The fields report.json#distill has for every task."""
+        return {
+            "device": str(device),
+            "train_seconds": round(self.seconds, 2),
+            "steps": self.steps,
+            "loss_log": self.loss_log,
+            "parameters": {"teacher": teacher, "student": student},
+        }
+
+
+def train(trainer: Trainer, checkpoints: Path) -> Trained:
+    """Train (resuming from the newest complete checkpoint), timed; only the main process goes on to save."""
+    started = time.perf_counter()
+    train_resuming(trainer, checkpoints)
+    log = [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e and "step" in e]
+    return Trained(time.perf_counter() - started, trainer.state.global_step, log, trainer.is_world_process_zero())
