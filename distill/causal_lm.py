@@ -27,7 +27,7 @@ from .models import load_causal_lm
 from .prune import derive_causal_student
 from .teacher_cache import CachedTeacherCollator, TeacherCache, ensure_cache
 from .trainer import ScheduledLogitDistillTrainer
-from .training import merged, parameter_count, pick_device, save_pretrained, train, training_arguments, with_lora
+from .training import merged, parameter_count, pick_device, save_pretrained, train_timed, training_arguments, with_lora
 
 
 def check_tokenizers(teacher_path: str, student_tok: PreTrainedTokenizerBase) -> None:
@@ -297,7 +297,7 @@ def distill_causal_lm(run: RunDir) -> dict:
         on_policy_fraction=cfg.on_policy_fraction,
         max_new_tokens=cfg.max_new_tokens,
     )
-    trained = train(trainer, run.checkpoints)
+    trained = train_timed(trainer, run.checkpoints)
     student = merged(trainer.model, recipe.lora)
     if not trained.main_process:
         return {}

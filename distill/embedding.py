@@ -29,7 +29,7 @@ from .metrics import agreement
 from .models import check_mean_pooling, local_model_dir
 from .scorers import ScoreCache
 from .trainer import ScheduledEmbeddingDistillTrainer
-from .training import merged, parameter_count, pick_device, training_arguments, with_lora
+from .training import merged, parameter_count, pick_device, train_timed, training_arguments, with_lora
 
 
 def derive_student(teacher: EncoderWithPooling, layers: list[int]) -> EncoderWithPooling:
@@ -168,7 +168,7 @@ def distill_embedding(run: RunDir) -> dict:
         teacher=teacher,
         relation_heads=cfg.relation_heads,
     )
-    trained = train(trainer, run.checkpoints)
+    trained = train_timed(trainer, run.checkpoints)
     if not trained.main_process:
         return {}
     student.encoder = merged(student.encoder, recipe.lora)

@@ -118,7 +118,7 @@ class Trained:
         }
 
 
-def train(trainer: Trainer, checkpoints: Path) -> Trained:
+def train_timed(trainer: Trainer, checkpoints: Path) -> Trained:
     """Train (resuming from the newest complete checkpoint), timed; only the main process goes on to save."""
     started = time.perf_counter()
     train_resuming(trainer, checkpoints)
