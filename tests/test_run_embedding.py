@@ -59,6 +59,7 @@ def test_demo_corpus_and_scores_are_in_the_run_directory(embedding_run):
     assert {"id", "text"} <= set(json.loads(corpus[0]))
 
 
+@pytest.mark.slow
 def test_unseen_domain_is_evaluated_in_distill_and_for_every_variant(embedding_run):
     report = json.loads((embedding_run / "report.json").read_text())
     assert report["distill"]["eval_unseen"]["texts"] == 32 == report["variants"]["unseen_texts"]
@@ -67,6 +68,7 @@ def test_unseen_domain_is_evaluated_in_distill_and_for_every_variant(embedding_r
         assert set(variant["unseen"]) == {"mean_cosine", "spearman_pairwise", "top10_overlap"}
 
 
+@pytest.mark.slow
 def test_student_folder_is_a_sentence_transformers_model_with_onnx_and_a_card(embedding_run):
     student = embedding_run / "student"
     assert {"modules.json", "README.md", "onnx"} <= {p.name for p in student.iterdir()}
