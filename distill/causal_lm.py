@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 import jinja2
@@ -282,40 +283,52 @@ def distill_causal_lm(run: RunDir) -> dict:
         )
     before = evaluate(student)
 
-    if recipe.lora is not None:
-        student = get_peft_model(
-            student,
-            LoraConfig(
-                r=recipe.lora.r,
-                lora_alpha=recipe.lora.alpha,
-                lora_dropout=recipe.lora.dropout,
-                target_modules=recipe.lora.target_modules,
-                task_type="CAUSAL_LM",
-            ),
+    def train(model: torch.nn.Module, checkpoints: Path, ce_weight: float, on_policy_fraction: float):
+        """``model`` trained on the curriculum's schedule (the same for the KD student and the SFT baseline), with
+        checkpoints in ``checkpoints``; returns it (LoRA merged), its trainer and the training seconds."""
+        if recipe.lora is not None:
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=recipe.lora.r,
+                    lora_alpha=recipe.lora.alpha,
+                    lora_dropout=recipe.lora.dropout,
+                    target_modules=recipe.lora.target_modules,
+                    task_type="CAUSAL_LM",
+                ),
+            )
+        learnable = causal_learnability(plan, lambda: trainer.model, train_rows, collate, cfg.eval_batch_size, device)
+        trainer = scheduled(LogitDistillTrainer)(
+            sampler=plan.sampler(cfg.steps, args.train_batch_size * cfg.grad_accum * args.world_size, cfg.seed, learnable),
+            model=model,
+            args=training_arguments(recipe, checkpoints, device, remove_unused_columns=not cfg.teacher_cache),
+            train_dataset=Dataset.from_list(train_rows),
+            data_collator=train_collate,
+            processing_class=tok,
+            teacher=teacher,
+            temperature=cfg.temperature,
+            ce_weight=ce_weight,
+            div=divergence(cfg.loss, cfg.jsd_beta, cfg.skew_alpha),
+            on_policy_fraction=on_policy_fraction,
+            max_new_tokens=cfg.max_new_tokens,
         )
-    learnable = causal_learnability(plan, lambda: trainer.model, train_rows, collate, cfg.eval_batch_size, device)
-    trainer = scheduled(LogitDistillTrainer)(
-        sampler=plan.sampler(cfg.steps, args.train_batch_size * cfg.grad_accum * args.world_size, cfg.seed, learnable),
-        model=student,
-        args=args,
-        train_dataset=Dataset.from_list(train_rows),
-        data_collator=train_collate,
-        processing_class=tok,
-        teacher=teacher,
-        temperature=cfg.temperature,
-        ce_weight=cfg.ce_weight,
-        div=divergence(cfg.loss, cfg.jsd_beta, cfg.skew_alpha),
-        on_policy_fraction=cfg.on_policy_fraction,
-        max_new_tokens=cfg.max_new_tokens,
-    )
-    started = time.perf_counter()
-    train_resuming(trainer, run.checkpoints)
-    train_seconds = time.perf_counter() - started
-    student = trainer.model.merge_and_unload() if recipe.lora is not None else trainer.model
+        started = time.perf_counter()
+        train_resuming(trainer, checkpoints)
+        seconds = time.perf_counter() - started
+        return (trainer.model.merge_and_unload() if recipe.lora is not None else trainer.model), trainer, seconds
+
+    student, trainer, train_seconds = train(student, run.checkpoints, cfg.ce_weight, cfg.on_policy_fraction)
     if not trainer.is_world_process_zero():
         return {}
     save_pretrained(student, tok, run.student)
     after = evaluate(student)
+    baseline = None
+    if cfg.baseline == "sft":
+        del student, trainer
+        torch.manual_seed(cfg.seed)
+        sft, _, sft_seconds = train(load_causal_lm(student_spec, device), run.checkpoints_sft, 1.0, 0.0)
+        save_pretrained(sft, tok, run.student_sft)
+        baseline = {"kind": "sft", "path": run.relative(run.student_sft), "train_seconds": round(sft_seconds, 2), "eval": evaluate(sft)}
     return {
         "device": str(device),
         "examples": counts | {"train": len(train_rows), "heldout": len(eval_rows)},
@@ -334,6 +347,7 @@ def distill_causal_lm(run: RunDir) -> dict:
         "curriculum": plan.report(),
         "eval_before": before,
         "eval": after,
+        "baseline": baseline,
         "parity_prompts": [prompt_text(ex, tok, recipe.data.chat_template) for ex in heldout],
     }
 

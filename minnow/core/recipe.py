@@ -150,6 +150,11 @@ class Distill(Section):
     on_policy_fraction: float = Field(
         0.0, ge=0, le=1, description="Share of steps on the student's own continuations scored by the teacher (GKD's λ)."
     )
+    baseline: Literal["none", "sft"] = Field(
+        "none",
+        description="Causal-LM: `sft` also trains an SFT-only student (cross-entropy on the same data, steps and starting "
+        "point) into student_sft/, so the report shows what KD adds.",
+    )
     rebuild_stale_cache: bool = Field(
         False, description="Rebuild a teacher cache whose teacher, tokenizer, data or settings changed (else stop)."
     )
@@ -283,6 +288,8 @@ class Recipe(Section):
         if self.export.precisions is None:
             self.export.precisions = ["fp32", "int4"] if self.task == "causal-lm" else ["fp32", "int8"]
         if self.task == "embedding":
+            if self.distill.baseline != "none":
+                raise ValueError("distill.baseline: the SFT baseline is for causal-lm recipes")
             if "int4" in self.export.precisions:
                 raise ValueError("export.precisions: int4 is for causal-lm students; embedding students take fp32, int8")
             if self.data.prompt_field is not None or self.data.messages_field is not None:
