@@ -321,8 +321,8 @@ def distill_causal_lm(run: RunDir) -> dict:
     if not trainer.is_world_process_zero():
         return {}
     save_pretrained(student, tok, run.student)
-    after = evaluate(student)
-    baseline = None
+    after, student_parameters = evaluate(student), _count(student)
+    baseline, state = None, trainer.state
     if cfg.baseline == "sft":
         del student, trainer
         torch.manual_seed(cfg.seed)
@@ -333,11 +333,9 @@ def distill_causal_lm(run: RunDir) -> dict:
         "device": str(device),
         "examples": counts | {"train": len(train_rows), "heldout": len(eval_rows)},
         "train_seconds": round(train_seconds, 2),
-        "steps": trainer.state.global_step,
-        "loss_log": [
-            {"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e and "step" in e
-        ],
-        "parameters": {"teacher": _count(teacher) if teacher else cache_info["teacher_parameters"], "student": _count(student)},
+        "steps": state.global_step,
+        "loss_log": [{"step": e["step"], "loss": e["loss"]} for e in state.log_history if "loss" in e and "step" in e],
+        "parameters": {"teacher": _count(teacher) if teacher else cache_info["teacher_parameters"], "student": student_parameters},
         "loss": {"kd": _loss_name(cfg), "temperature": cfg.temperature, "ce_weight": cfg.ce_weight,
                  "mode": cfg.mode, "on_policy_fraction": cfg.on_policy_fraction},
         "teacher_responses": run.relative(run.teacher_responses) if cfg.mode == "sequence" else None,
