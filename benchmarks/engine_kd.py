@@ -33,9 +33,8 @@ TRAIN_ONE = "import sys; from minnow import pipeline; from minnow.core.rundir im
 
 def build_models(root: Path, teacher_hidden: int, teacher_layers: int, teacher_steps: int) -> dict[str, Path]:
     """Tokenizer, a teacher trained on the tickets, an untrained small student, and the data file."""
-    from transformers import AutoModelForCausalLM
-
     from tiny_models import _config, _train_briefly, support_tickets, train_tokenizer
+    from transformers import AutoModelForCausalLM
 
     paths = {"teacher": root / "teacher", "student": root / "student", "data": root / "tickets.jsonl"}
     if all(p.exists() for p in paths.values()):
@@ -116,8 +115,8 @@ def arm(rec: dict, folder: Path, cached: bool) -> dict:
 
 def trained_tokens(rec: dict, steps: int) -> int:
     """Input tokens the Trainer feeds in ``steps`` steps (random order is a seeded shuffle of the same rows)."""
-    from minnow.distill.causal_lm import prepare
     from minnow.core.recipe import Recipe
+    from minnow.distill.causal_lm import prepare
 
     p = prepare(Recipe.model_validate(rec))
     lengths = [len(r["input_ids"]) for r in p.train_rows]
@@ -127,9 +126,9 @@ def trained_tokens(rec: dict, steps: int) -> int:
 
 def heldout_kl(rec: dict, student_dir: Path) -> dict:
     """Full-vocabulary KL(teacher‖student), NLL and top-1 agreement on the held-out rows, with the real teacher."""
+    from minnow.core.recipe import Recipe
     from minnow.distill.causal_lm import load_causal_lm, prepare
     from minnow.distill.evaluate import evaluate_causal
-    from minnow.core.recipe import Recipe
 
     r = Recipe.model_validate(rec)
     p = prepare(r)

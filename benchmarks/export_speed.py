@@ -37,9 +37,8 @@ SETTINGS = {
 
 
 def build_student(folder: Path) -> None:
-    from transformers import AutoModelForCausalLM, Qwen2Config
-
     from tiny_models import support_tickets, train_tokenizer
+    from transformers import AutoModelForCausalLM, Qwen2Config
 
     tokenizer = train_tokenizer([r["prompt"] + " " + r["response"] for r in support_tickets(200)])
     config = Qwen2Config(

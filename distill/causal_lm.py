@@ -5,31 +5,33 @@ from __future__ import annotations
 import functools
 import json
 import time
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jinja2
 import torch
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from rich.console import Console
-from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
 from minnow.core import atomic
 from minnow.core.errors import MinnowError
-from minnow.core.recipe import Recipe, Student, Teacher
+from minnow.core.recipe import Recipe
 from minnow.core.rundir import RunDir
 
-from .data import Example, split_examples
-from .models import load_causal_lm
 from .curriculum import causal_learnability, causal_scorers, example_text, plan_curriculum
+from .data import Example, split_examples
 from .evaluate import batches, evaluate_cached, evaluate_causal
 from .generate import cached_responses, generate
 from .losses import IGNORE_INDEX, divergence
+from .models import load_causal_lm
 from .prune import derive_causal_student
 from .schedules import scheduled
 from .teacher_cache import CachedTeacherCollator, TeacherCache, ensure_cache
 from .trainer import LogitDistillTrainer
 from .training import pick_device, save_pretrained, train_resuming, training_arguments
+
 
 def check_tokenizers(teacher_path: str, student_tok: PreTrainedTokenizerBase) -> None:
     """Logit KD compares distributions token by token: both models must share one vocabulary."""

@@ -17,9 +17,9 @@ import io
 import math
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from torch.utils.data import Sampler
@@ -31,9 +31,8 @@ from minnow.core.rundir import RunDir
 
 from .data import BadRow, Example, _example, read_rows, stable_id
 from .schedules import FixedSchedule, OnlineSelection, ScheduleLog, in_order, paced, shuffled, soft
-from .teacher_cache import TeacherCache
 from .scorers import ScoreCache, heuristic_score, learnability, model_statistics, near_duplicates
-
+from .teacher_cache import TeacherCache
 
 # score → how a row of score columns ranks (lower = better) and the columns it reads
 RANK_KEYS: dict[str, tuple[Callable[[dict], float], tuple[str, ...]]] = {

@@ -24,17 +24,15 @@ from minnow.core.errors import MinnowError
 from minnow.core.recipe import Recipe
 from minnow.core.rundir import RunDir
 
+from .curriculum import Scorer, embedding_learnability, plan_curriculum
 from .data import split_examples
 from .encoder import PROJECTION_FILE, EncoderWithPooling, TorchEncoder, load_encoder
-from .models import check_mean_pooling, local_model_dir
 from .metrics import agreement
-from .curriculum import Scorer, embedding_learnability, plan_curriculum
+from .models import check_mean_pooling, local_model_dir
 from .schedules import scheduled
 from .scorers import ScoreCache
 from .trainer import EmbeddingDistillTrainer
 from .training import pick_device, train_resuming, training_arguments
-
-DEMO_CORPUS = 2000
 
 
 def derive_student(teacher: EncoderWithPooling, layers: list[int]) -> EncoderWithPooling:
@@ -113,7 +111,7 @@ def distill_embedding(run: RunDir) -> dict:
 
     train, heldout, counts = split_examples(recipe)
     _write_jsonl(run.heldout, heldout)
-    _write_jsonl(run.corpus, heldout + train[: max(0, DEMO_CORPUS - len(heldout))])
+    _write_jsonl(run.corpus, heldout + train[: max(0, recipe.serve.search_corpus - len(heldout))])
 
     everything = train + heldout
     ids = [ex["id"] for ex in everything]

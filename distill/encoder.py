@@ -3,8 +3,8 @@ projection to the teacher's width (``projection.safetensors``) and L2 normalisat
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch

@@ -8,8 +8,8 @@ data's. Answers are kept by stable example id in ``data/teacher_responses.jsonl`
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from rich.progress import track

@@ -12,7 +12,7 @@ Each is scaled by T² like Hinton et al.'s forward KL, so the gradient magnitude
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -12,7 +12,7 @@ Llama, Qwen2 and Mistral-style decoders (``model.layers[i].mlp.{gate,up,down}_pr
 from __future__ import annotations
 
 import copy
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 

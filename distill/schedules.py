@@ -15,8 +15,8 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from torch.utils.data import Sampler

@@ -14,8 +14,8 @@ import math
 import re
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 from rich.progress import track

@@ -7,7 +7,15 @@ import random
 import torch
 from transformers import Trainer
 
-from .losses import IGNORE_INDEX, Divergence, embedding_cosine, embedding_mse, forward_kl_from_log_probs, kd_loss_sum, sparse_kd_loss_sum
+from .losses import (
+    IGNORE_INDEX,
+    Divergence,
+    embedding_cosine,
+    embedding_mse,
+    forward_kl_from_log_probs,
+    kd_loss_sum,
+    sparse_kd_loss_sum,
+)
 
 CACHED_TEACHER = ("teacher_ids", "teacher_log_probs", "teacher_tail")
 

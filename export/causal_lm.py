@@ -15,9 +15,9 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import onnx
 import onnxruntime_genai as og
@@ -26,9 +26,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 
 from minnow.core.atomic import output_dir
 from minnow.core.errors import MinnowError
+from minnow.core.measures import size_on_disk
 from minnow.core.recipe import Gate
 
 from . import gate as quality_gate
+from .genai import greedy_generator, load_model
 from .mobile import DEFAULT_MAX_LENGTH, write_mobile
 from .torch_decoder import export_torch_decoder, torch_architectures
 
@@ -100,7 +102,7 @@ def export_causal_lm(
                     result["gate"] = quality_gate.check(figures, gate or Gate(), precision)
             results[precision] = {
                 "path": f"{onnx_root.name}/{precision}",
-                "size_bytes": sum(f.stat().st_size for f in (onnx_root / precision).rglob("*") if f.is_file()),
+                "size_bytes": size_on_disk(onnx_root / precision),
                 **result,
             }
     if "mobile" in targets:
@@ -115,7 +117,7 @@ def export_causal_lm(
                 result["gate"] = quality_gate.check(figures, gate or Gate(), "int4", artefact="mobile (int4)")
         results["mobile"] = {
             "path": mobile.name,
-            "size_bytes": sum(f.stat().st_size for f in mobile.iterdir() if f.is_file()),
+            "size_bytes": size_on_disk(mobile),
             **result,
             **info,
         }
@@ -284,16 +286,6 @@ def check_parity(
     return compare_to_references(onnx_dir, references, max_new_tokens, precision)
 
 
-@functools.lru_cache(maxsize=8)
-def load_model(model_dir: Path, threads: int | None = None) -> og.Model:
-    """The onnxruntime-genai model in ``model_dir``, loaded once per (folder, threads)."""
-    config = og.Config(str(model_dir))
-    if threads is not None:
-        overlay = {"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}
-        config.overlay(json.dumps(overlay))
-    return og.Model(config)
-
-
 def stream_generate(
     model_dir: Path, prompt_ids: list[int], max_new_tokens: int, threads: int | None = None
 ) -> Iterator[int]:
@@ -308,9 +300,7 @@ def _greedy(model: og.Model, context_length: int, prompt_ids: Sequence[int], max
         raise MinnowError(f"the prompt has {len(prompt_ids)} tokens; the model's context holds {context_length}")
     if max_new_tokens < 1:
         return
-    params = og.GeneratorParams(model)
-    params.set_search_options(do_sample=False, max_length=min(len(prompt_ids) + max_new_tokens, context_length))
-    generator = og.Generator(model, params)
+    generator = greedy_generator(model, min(len(prompt_ids) + max_new_tokens, context_length))
     generator.append_tokens(list(prompt_ids))
     while not generator.is_done():
         generator.generate_next_token()

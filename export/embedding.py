@@ -14,17 +14,15 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-import torch.nn.functional as F
 from onnxruntime.quantization import QuantType, quantize_dynamic
-from safetensors.torch import load_file
-from transformers import AutoModel, AutoTokenizer, BatchEncoding, PreTrainedModel, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from minnow.core.atomic import output_dir
 from minnow.core.errors import MinnowError
@@ -39,12 +37,12 @@ INPUT_NAMES = ("input_ids", "attention_mask")
 class OnnxEncoder:
     """onnxruntime embeddings from an exported folder (``model.onnx`` + tokenizer files)."""
 
-    def __init__(self, model_dir: Path, threads: int | None = None) -> None:
+    def __init__(self, model_dir: Path, threads: int | None = None, provider: str = "CPUExecutionProvider") -> None:
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(
-            str(Path(model_dir) / MODEL_FILE), options, providers=["CPUExecutionProvider"]
+            str(Path(model_dir) / MODEL_FILE), options, providers=[provider]
         )
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.dim = self.session.get_outputs()[0].shape[-1]

@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from minnow.core.measures import milliseconds, size_on_disk, tokens_per_s
+
 PROMPT_LENGTHS = (64, 512)
 DECODE_TOKENS = 32
 
@@ -24,44 +26,32 @@ def _prompt(length: int, vocab: int) -> list[int]:
     return [(7 * i + 3) % vocab for i in range(length)]
 
 
-def _generator(model, prompt: list[int], new_tokens: int):
-    import onnxruntime_genai as og
-
-    params = og.GeneratorParams(model)
-    # min_length keeps a stop token from ending the timed decode early.
-    length = len(prompt) + new_tokens
-    params.set_search_options(do_sample=False, max_length=length, min_length=length)
-    return og.Generator(model, params)
-
-
 def measure_here(folder: Path, threads: int) -> dict:
     """The figures for ``folder`` measured in this process (call through :func:`measure` for a clean one)."""
-    import onnxruntime_genai as og
+    from .genai import greedy_generator, load_model
 
     config = json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))
     context, vocab = config["model"]["context_length"], config["model"]["vocab_size"]
     start = time.perf_counter()
-    og_config = og.Config(str(folder))
-    og_config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
-    model = og.Model(og_config)
+    model = load_model(folder, threads)
     figures: dict = {"threads": threads, "load_s": time.perf_counter() - start}
-    _generator(model, _prompt(8, vocab), 2).append_tokens(_prompt(8, vocab))  # warm-up
+    greedy_generator(model, 10, fixed_length=True).append_tokens(_prompt(8, vocab))  # warm-up
     for length in PROMPT_LENGTHS:
         prompt = _prompt(min(length, context - DECODE_TOKENS - 1), vocab)
-        generator = _generator(model, prompt, 1)
+        generator = greedy_generator(model, len(prompt) + 1, fixed_length=True)
         start = time.perf_counter()
         generator.append_tokens(prompt)
         generator.generate_next_token()
-        figures[f"ttft_{length}_ms"] = (time.perf_counter() - start) * 1000
+        figures[f"ttft_{length}_ms"] = milliseconds(time.perf_counter() - start)
         figures[f"prompt_{length}_tokens"] = len(prompt)
     prompt = _prompt(min(64, context - DECODE_TOKENS - 1), vocab)
-    generator = _generator(model, prompt, DECODE_TOKENS)
+    generator = greedy_generator(model, len(prompt) + DECODE_TOKENS, fixed_length=True)
     generator.append_tokens(prompt)
     generator.generate_next_token()
     start = time.perf_counter()
     for _ in range(DECODE_TOKENS - 1):
         generator.generate_next_token()
-    figures["decode_tokens_per_s"] = (DECODE_TOKENS - 1) / (time.perf_counter() - start)
+    figures["decode_tokens_per_s"] = tokens_per_s(DECODE_TOKENS - 1, time.perf_counter() - start)
     figures["peak_rss_mb"] = peak_rss_mb()
     return figures
 
@@ -92,7 +82,7 @@ def artefact_figures(folder: Path) -> dict:
     """Every column for one exported folder: 1-thread run for load, TTFT and RSS; decode speed at 1 and 2 threads."""
     one, two = measure(folder, 1), measure(folder, 2)
     return {
-        "size_bytes": sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file()),
+        "size_bytes": size_on_disk(folder),
         "load_s": round(one["load_s"], 3),
         **{f"ttft_{n}_ms": round(one[f"ttft_{n}_ms"], 2) for n in PROMPT_LENGTHS},
         **{f"prompt_{n}_tokens": one[f"prompt_{n}_tokens"] for n in PROMPT_LENGTHS},

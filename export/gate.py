@@ -20,6 +20,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from minnow.core.errors import MinnowError
 from minnow.core.recipe import Gate, Recipe
 
+from .genai import greedy_generator
+
 
 def heldout_sequences(recipe: Recipe, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> list[list[int]]:
     """The run's held-out examples tokenized as training saw them (chat template included), up to ``max_tokens``."""
@@ -50,9 +52,7 @@ def token_kl(reference_logp: np.ndarray, logp: np.ndarray) -> np.ndarray:
 
 def onnx_logits(model: og.Model, ids: Sequence[int]) -> np.ndarray:
     """Logits [len(ids), vocab] of onnxruntime-genai for a whole sequence fed at once to an empty KV cache."""
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(ids) + 1)
-    generator = og.Generator(model, params)
+    generator = greedy_generator(model, len(ids) + 1)
     generator.append_tokens(list(ids))
     return np.asarray(generator.get_output("logits"))[0].astype(np.float32)
 

@@ -6,15 +6,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import mean
 
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from minnow.core.errors import MinnowError
+from minnow.core.measures import milliseconds, tokens_per_s
 from minnow.distill.models import load_causal_lm
 
-from .causal_lm import encode_prompt, load_model, stream_generate
-
+from .causal_lm import encode_prompt, stream_generate
+from .genai import load_model
 from .variants import Variant, cached
 
 ONNX_FILES = ("model.onnx", "genai_config.json")
@@ -22,12 +24,21 @@ ONNX_FILES = ("model.onnx", "genai_config.json")
 
 @dataclass(frozen=True)
 class Partial:
-    """The text generated so far, its length in tokens and its timings."""
+    """The text generated so far, its length in tokens and its timings (``seconds`` since the prompt was submitted)."""
 
     text: str
     tokens: int
     ttft_ms: float
-    tokens_per_s: float
+    seconds: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return tokens_per_s(self.tokens, self.seconds)
+
+
+def throughput(finals: list[Partial]) -> tuple[float, float]:
+    """Tokens/s and mean time to first token (ms) of finished requests, as measure and the demo report them."""
+    return tokens_per_s(sum(f.tokens for f in finals), sum(f.seconds for f in finals)), mean(f.ttft_ms for f in finals)
 
 
 def stream_text(variant: Variant, prompt: str, max_new_tokens: int, threads: int) -> Iterator[Partial]:
@@ -49,7 +60,7 @@ def stream_text(variant: Variant, prompt: str, max_new_tokens: int, threads: int
         first = first or now
         generated.append(token)
         text = tokenizer.decode(generated, skip_special_tokens=True)
-        yield Partial(text, len(generated), (first - start) * 1000, len(generated) / (now - start))
+        yield Partial(text, len(generated), milliseconds(first - start), now - start)
 
 
 def _tokenizer(variant: Variant) -> PreTrainedTokenizerBase:

@@ -5,38 +5,49 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from pathlib import Path
-from statistics import mean
 
 import torch
 
-from minnow.distill.metrics import agreement
 from minnow.core.energy import EnergyMeter
+from minnow.core.errors import MinnowError
+from minnow.core.measures import size_on_disk
+from minnow.core.report_schema import Report, variant_key
 from minnow.core.rundir import RunDir
+from minnow.distill.encoder import TorchEncoder
+from minnow.distill.metrics import agreement
+from minnow.distill.models import local_model_dir
 
-from .embedding import OnnxEncoder, TorchEncoder, throughput
+from .embedding import OnnxEncoder, throughput
+from .generate import stream_text
+from .generate import throughput as generation_throughput
+from .variants import compare_variants
 
 
-def folder_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+def heldout_prompts(report: Report, limit: int) -> list[str]:
+    """The run's held-out prompts, as a user would type them (the distill stage's parity prompts), at most ``limit``."""
+    prompts = report.distill.parity_prompts if report.distill else []
+    if not prompts:
+        raise MinnowError("report.json has no held-out prompts (distill.parity_prompts); finish the distill stage")
+    return prompts[:limit]
 
 
-def measure_embedding(
-    run: RunDir, texts: list[str], meter: EnergyMeter, timed: int = 256, threads: int | None = None
-) -> dict:
-    """Agreement with the teacher over ``texts`` and throughput (sentences/s) over the first ``timed`` of them,
-    for the teacher, the student and each ONNX precision; energy of embedding all ``texts`` (one request each)."""
+def measure_embedding(run: RunDir, texts: list[str], meter: EnergyMeter, threads: int | None = None) -> dict:
+    """Agreement with the teacher over ``texts`` and throughput (sentences/s) over the first ``export.timed_texts``
+    of them, for the teacher, the student and each ONNX precision; energy of embedding all ``texts`` (one request
+    each)."""
     threads = threads or os.cpu_count() or 1
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
+    cfg, timed = run.recipe.distill, run.recipe.export.timed_texts
     try:
-        cfg = run.recipe.distill
+        teacher_dir = local_model_dir(run.recipe.teacher.path, run.recipe.teacher.revision)
         variants = {
-            "teacher (PyTorch)": (TorchEncoder.from_dir(Path(run.recipe.teacher.path)), Path(run.recipe.teacher.path)),
-            "student (PyTorch)": (TorchEncoder.from_dir(run.student), run.student),
+            variant_key("teacher"): (TorchEncoder.from_dir(teacher_dir), teacher_dir),
+            variant_key("student"): (TorchEncoder.from_dir(run.student), run.student),
         }
         for precision in run.recipe.export.precisions:
-            variants[f"student ONNX {precision}"] = (OnnxEncoder(run.onnx / precision, threads=threads), run.onnx / precision)
+            folder = run.onnx / precision
+            variants[variant_key("student", precision)] = (OnnxEncoder(folder, threads, run.recipe.export.execution_provider), folder)
         rows = {}
         for name, (encoder, folder) in variants.items():
             encode = lambda batch, e=encoder: e.encode(batch, cfg.eval_batch_size, cfg.max_seq_len)  # noqa: E731
@@ -45,13 +56,13 @@ def measure_embedding(
                 embeddings = encode(texts)
             rows[name] = {
                 "sentences_per_s": sentences_per_s,
-                "size_bytes": folder_bytes(folder),
+                "size_bytes": size_on_disk(folder),
                 "embeddings": embeddings,
                 "energy": energy,
             }
     finally:
         torch.set_num_threads(previous)
-    teacher = rows["teacher (PyTorch)"]
+    teacher = rows[variant_key("teacher")]
     return {
         "threads": threads,
         "batch_size": cfg.eval_batch_size,
@@ -72,30 +83,28 @@ def measure_embedding(
 
 
 def measure_causal(run: RunDir, meter: EnergyMeter, threads: int | None = None) -> dict:
-    """Greedy generation of ``serve.max_new_tokens`` for each of the demo benchmark's held-out prompts (one request
-    each) by the teacher, the student and each ONNX precision, through the demo's own code path: tokens/s, time to
-    first token and energy."""
-    from .generate import stream_text
-    from .variants import compare_variants
-
-    prompts = causal_prompts(run.report())
+    """Greedy generation of ``serve.max_new_tokens`` for each of ``serve.benchmark_prompts`` held-out prompts (one
+    request each) by the teacher, the student and each ONNX precision, through the demo's own code path: tokens/s,
+    time to first token and energy."""
+    prompts = heldout_prompts(run.report(), run.recipe.serve.benchmark_prompts)
     threads = threads or os.cpu_count() or 1
     max_new_tokens = run.recipe.serve.max_new_tokens
     rows = {}
     for variant in compare_variants([run]):
-        name = "teacher (PyTorch)" if variant.is_teacher else f"student ONNX {variant.precision}" if variant.precision else "student (PyTorch)"
+        name = variant_key("teacher" if variant.is_teacher else "student", variant.precision)
         deque(stream_text(variant, prompts[0], 1, threads), maxlen=0)  # loads the model, untimed
         with meter.task() as energy:
             finals = [deque(stream_text(variant, prompt, max_new_tokens, threads), maxlen=1)[0] for prompt in prompts]
+        tokens_per_s, ttft_ms = generation_throughput(finals)
         rows[name] = {
-            "tokens_per_s": round(sum(f.tokens for f in finals) / energy["seconds"], 2),
-            "ttft_ms": round(mean(f.ttft_ms for f in finals), 2),
-            "size_bytes": folder_bytes(Path(variant.path)) if Path(variant.path).is_dir() else None,
+            "tokens_per_s": round(tokens_per_s, 2),
+            "ttft_ms": round(ttft_ms, 2),
+            "size_bytes": variant.size_bytes,
             "requests": len(prompts),
             "tokens": sum(f.tokens for f in finals),
             "energy": energy,
         }
-    teacher = rows["teacher (PyTorch)"]
+    teacher = rows[variant_key("teacher")]
     for row in rows.values():
         row["speedup_vs_teacher"] = round(row["tokens_per_s"] / teacher["tokens_per_s"], 3)
     return {"threads": threads, "max_new_tokens": max_new_tokens, "prompts": len(prompts), "variants": rows}

@@ -70,7 +70,7 @@ def _linear(conv: Conv1D) -> torch.nn.Linear:
 
 def load_decoder(model_dir: Path) -> PreTrainedModel:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True).eval()
-    for name, module in list(model.named_modules()):
+    for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, Conv1D):
                 setattr(module, child_name, _linear(child))

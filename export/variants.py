@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from minnow.core.errors import MinnowError
+from minnow.core.measures import size_on_disk
 from minnow.core.recipe import Student, Teacher
 from minnow.core.rundir import RunDir
 
@@ -51,12 +52,9 @@ class Variant:
         return isinstance(self.spec, Teacher)
 
     @property
-    def size_mb(self) -> float | None:
+    def size_bytes(self) -> int | None:
         """Size on disk of the model folder; None for a model that lives in the hub cache."""
-        folder = Path(self.path)
-        if not folder.is_dir():
-            return None
-        return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
+        return size_on_disk(self.path)
 
     @property
     def key(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -63,8 +63,8 @@ def init(
     data_file: Annotated[Path, typer.Argument(help="Data file: .jsonl .json .csv .parquet .txt.", show_default=False)],
     output: Annotated[Path, typer.Option(help="Recipe file to write.")] = Path("recipe.yaml"),
     task: Annotated[str, typer.Option(help="causal-lm (generate text) or embedding (embed text).")] = "causal-lm",
-    teacher: Annotated[Optional[str], typer.Option(help="Teacher: hub id, local folder or package: reference.")] = None,
-    student: Annotated[Optional[str], typer.Option(help="Student: hub id, local folder or package: reference.")] = None,
+    teacher: Annotated[str | None, typer.Option(help="Teacher: hub id, local folder or package: reference.")] = None,
+    student: Annotated[str | None, typer.Option(help="Student: hub id, local folder or package: reference.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUTPUT if it exists.")] = False,
 ) -> None:
     """Look at a data file and write a commented starter recipe for it."""
@@ -79,7 +79,7 @@ def init(
 @app.command()
 @_guard
 def schema(
-    output: Annotated[Optional[Path], typer.Option(help="Write the schema here instead of printing it.")] = None,
+    output: Annotated[Path | None, typer.Option(help="Write the schema here instead of printing it.")] = None,
 ) -> None:
     """The recipe's JSON schema, for completion and checks in editors (YAML language server)."""
     import json
@@ -98,8 +98,8 @@ def schema(
 @app.command()
 @_guard
 def run(
-    recipe: Annotated[Optional[Path], typer.Argument(help="Recipe YAML file.", show_default=False)] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue this run directory where it stopped.")] = None,
+    recipe: Annotated[Path | None, typer.Argument(help="Recipe YAML file.", show_default=False)] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue this run directory where it stopped.")] = None,
     serve: Annotated[bool, typer.Option("--serve", help="Start the demo when the run is done.")] = False,
 ) -> None:
     """validate → distill → export → report (→ demo with --serve)."""
@@ -183,7 +183,7 @@ def report_cmd(run_dir: RunArg) -> None:
 @_guard
 def serve(
     run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories to compare.", show_default=False)],
-    port: Annotated[Optional[int], typer.Option(help="Port to listen on (default: serve.port of the first run).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (default: serve.port of the first run).")] = None,
 ) -> None:
     """Start the Gradio demo over one or more runs."""
     _serve(run_dirs, port)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from rich.console import Console
 
 from .core.energy import energy_meter
-from .report.cost import cost_section
 from .core.errors import MinnowError
-from .report.markdown import write_markdown
 from .core.rundir import RunDir
+from .report.cost import cost_section
+from .report.markdown import write_markdown
 
 console = Console(stderr=True)
 
@@ -43,7 +43,7 @@ def distill(run: RunDir) -> None:
 
 def record_energy(run: RunDir, stage: str, energy: dict) -> None:
     """The stage's energy in report.json (the last attempt's, when a stage was resumed)."""
-    run.update_report("energy", run.report().get("energy", {}) | {stage: energy})
+    run.update_report("energy", run.report().energy | {stage: energy})
 
 
 def teacher_cache(run: RunDir) -> None:
@@ -60,7 +60,7 @@ def teacher_cache(run: RunDir) -> None:
 def export(run: RunDir) -> None:
     recipe = run.recipe
     report = run.report()
-    prompts = recipe.export.parity_prompts or report.get("distill", {}).get("parity_prompts", [])
+    prompts = recipe.export.parity_prompts or (report.distill.parity_prompts if report.distill else [])
     prompts = prompts[: recipe.export.parity_examples] if not recipe.export.parity_prompts else prompts
     console.rule(f"[bold]export[/] {', '.join(recipe.export.precisions)}")
     with energy_meter(recipe.cost).task() as energy:
@@ -86,7 +86,9 @@ def export(run: RunDir) -> None:
         else:
             from minnow.export.embedding import export_embedding
 
-            section = export_embedding(run.student, run.onnx, recipe.export.precisions, prompts)
+            section = export_embedding(
+                run.student, run.onnx, recipe.export.precisions, prompts, thresholds=recipe.export.embedding_parity
+            )
     if recipe.task == "causal-lm" and recipe.export.measure:
         from minnow.export.figures import artefact_figures
 
@@ -122,10 +124,10 @@ def report(run: RunDir) -> None:
 
 
 def is_distilled(run: RunDir) -> bool:
-    return (run.student / "config.json").is_file() and "distill" in run.report()
+    return (run.student / "config.json").is_file() and run.report().distill is not None
 
 
 def is_exported(run: RunDir) -> bool:
     report = run.report()
     mobile = "mobile" not in run.recipe.export.targets or run.mobile.is_dir()
-    return "export" in report and "variants" in report and mobile and all((run.onnx / p).is_dir() for p in run.recipe.export.precisions)
+    return report.export is not None and report.variants is not None and mobile and all((run.onnx / p).is_dir() for p in run.recipe.export.precisions)

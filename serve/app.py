@@ -22,15 +22,17 @@ from pathlib import Path
 import gradio as gr
 from matplotlib.figure import Figure
 
-from minnow.report.cost import cost_figure, serving_table
+from minnow.core.measures import megabytes
 from minnow.core.recipe import Serve
+from minnow.core.report_schema import CostSection
 from minnow.core.rundir import RunDir
-
-from .benchmark import MAX_PROMPTS, Row, figure, quality_retained, time_variant
 from minnow.export.generate import stream_text
+from minnow.export.variants import SearchGroup, Variant, compare_variants, open_runs, search_groups, slugify
+from minnow.report.cost import cost_figure, serving_table
+
+from .benchmark import Row, figure, quality_retained, time_variant
 from .report import report_parts
 from .search import search, warm_indexes
-from minnow.export.variants import SearchGroup, Variant, compare_variants, open_runs, search_groups, slugify
 
 THREADS = (1, 2, 4)
 DEFAULT_THREADS = min(2, os.cpu_count() or 1)
@@ -162,7 +164,7 @@ def _metric_fields(variant: Variant, metrics: dict[str, str]) -> list[gr.Textbox
     Textboxes rather than gr.Number: a Number without a value shows 0 before the first request.
     """
     fields = [_field(prefix, label, variant) for prefix, label in metrics.items()]
-    _field("size", "size on disk (MB)", variant, _number(variant.size_mb))
+    _field("size", "size on disk (MB)", variant, _number(megabytes(variant.size_bytes)))
     return fields
 
 
@@ -201,7 +203,7 @@ def _benchmark_tab(
             "retained*: top-10 retrieval overlap with the teacher on held-out texts (from the run's report).",
         }
         gr.Markdown(
-            f"Each variant in turn, at the chosen thread count, on up to {MAX_PROMPTS} of its run's held-out "
+            f"Each variant in turn, at the chosen thread count, on up to {settings.benchmark_prompts} of its run's held-out "
             "examples after one untimed warm-up. Quality is a percentage of the teacher's (the teacher is 100).\n\n"
             + "\n".join(f"- **{task}**: {notes[task]}" for task in tasks)
         )
@@ -224,7 +226,7 @@ def _benchmark_tab(
                     timing, label = time_variant(variant, corpus, report, settings, n_threads), variant.label
                 except Exception as e:  # one broken variant must not take the others down
                     timing, label = None, _failure(variant, e)
-                rows.append(Row(label, variant.size_mb, timing, quality_retained(variant, report)))
+                rows.append(Row(label, megabytes(variant.size_bytes), timing, quality_retained(variant, report)))
                 yield _rows(rows, jobs), figure(rows, headers[2], headers[3])
 
         button.click(
@@ -239,7 +241,7 @@ def _benchmark_tab(
 
 def _rows(rows: list[Row], jobs: list[tuple[Variant, Path | None]]) -> list[list]:
     """The table: the rows measured so far, then the variants still to run, with empty cells."""
-    pending = [Row(variant.label, variant.size_mb) for variant, _ in jobs[len(rows) :]]
+    pending = [Row(variant.label, megabytes(variant.size_bytes)) for variant, _ in jobs[len(rows) :]]
     return [row.cells() for row in rows + pending]
 
 
@@ -252,8 +254,8 @@ def _cost_tab(runs: list[RunDir]) -> None:
             "run's `recipe.resolved.yaml` (`cost:`): edit them there and run `minnow report RUN_DIR`."
         )
         for run in runs:
-            section = run.report().get("cost")
-            if not section or not section["serving"]:
+            section = run.report().cost
+            if not section or not section.serving:
                 gr.Markdown(f"`{run.path}`: no cost figures yet; they are written when the run's variants are measured.")
                 continue
             header, rows = serving_table(section)
@@ -268,13 +270,13 @@ def _cost_tab(runs: list[RunDir]) -> None:
             gr.Plot(cost_figure(section), show_label=False, format="png")
 
 
-def _training_cost(section: dict) -> str:
-    total, currency = section["training_total"], section["assumptions"]["currency"]
+def _training_cost(section: CostSection) -> str:
+    total, currency = section.training_total, section.assumptions["currency"]
     if not total:
         return ""
-    label = "measured" if total["measured"] else "estimated"
+    label = "measured" if total.measured else "estimated"
     return (
-        f"Distilling this student cost {total['wh']:.3g} Wh, {total['money']:.3g} {currency} and {total['gco2e']:.3g} "
+        f"Distilling this student cost {total.wh:.3g} Wh, {total.money:.3g} {currency} and {total.gco2e:.3g} "
         f"gCO2e ({label}); *break-even* is the number of requests after which serving the student instead of the "
         "teacher has paid that back."
     )

@@ -12,19 +12,18 @@ from dataclasses import dataclass
 from math import nan, prod
 from pathlib import Path
 from statistics import mean
-from typing import Any
 
 from matplotlib.figure import Figure
 
 from minnow.core.errors import MinnowError
 from minnow.core.recipe import Serve
+from minnow.core.report_schema import Report, variant_key
 from minnow.core.rundir import RunDir
-
-from minnow.export.generate import stream_text
-from .search import search
+from minnow.export.generate import stream_text, throughput
+from minnow.export.measure import heldout_prompts
 from minnow.export.variants import Variant
 
-MAX_PROMPTS = 8
+from .search import search
 
 
 @dataclass(frozen=True)
@@ -51,28 +50,21 @@ class Row:
         return [self.variant, *(None if n is None else round(n, 2) for n in numbers)]
 
 
-def causal_prompts(report: dict[str, Any]) -> list[str]:
-    """The run's held-out prompts, as a user would type them (the export's parity prompts), at most MAX_PROMPTS."""
-    prompts = report.get("distill", {}).get("parity_prompts", [])
-    if not prompts:
-        raise MinnowError("report.json has no held-out prompts (distill.parity_prompts); finish the distill stage")
-    return prompts[:MAX_PROMPTS]
-
-
-def embedding_queries(run: RunDir) -> list[str]:
-    """The run's held-out texts, used as search queries, at most MAX_PROMPTS."""
+def embedding_queries(run: RunDir, limit: int) -> list[str]:
+    """The run's held-out texts, used as search queries, at most ``limit``."""
     file = run.heldout
     if not file.is_file():
         raise MinnowError(f"{file} is missing: the held-out texts are written by the distill stage")
     lines = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [json.loads(line)["text"] for line in lines[:MAX_PROMPTS]]
+    return [json.loads(line)["text"] for line in lines[:limit]]
 
 
 def time_generation(variant: Variant, prompts: list[str], max_new_tokens: int, threads: int) -> Timing:
     """Mean time to first token and mean tokens/s of greedy generation, after one untimed warm-up token."""
     deque(stream_text(variant, prompts[0], 1, threads), maxlen=0)
     finals = [deque(stream_text(variant, prompt, max_new_tokens, threads), maxlen=1)[0] for prompt in prompts]
-    return Timing(mean(f.ttft_ms for f in finals), mean(f.tokens_per_s for f in finals))
+    rate, ttft_ms = throughput(finals)
+    return Timing(ttft_ms, rate)
 
 
 def time_search(variant: Variant, corpus: Path, queries: list[str], k: int, threads: int) -> Timing:
@@ -83,15 +75,15 @@ def time_search(variant: Variant, corpus: Path, queries: list[str], k: int, thre
     return Timing(latency_ms, 1000 / latency_ms)
 
 
-def time_variant(variant: Variant, corpus: Path | None, report: dict[str, Any], serve: Serve, threads: int) -> Timing:
+def time_variant(variant: Variant, corpus: Path | None, report: Report, serve: Serve, threads: int) -> Timing:
     """Time a causal-LM variant (``corpus`` None) on its run's held-out prompts, or an embedding variant searching
     ``corpus`` with its run's held-out texts."""
     if corpus is None:
-        return time_generation(variant, causal_prompts(report), serve.max_new_tokens, threads)
-    return time_search(variant, corpus, embedding_queries(variant.run), serve.top_k, threads)
+        return time_generation(variant, heldout_prompts(report, serve.benchmark_prompts), serve.max_new_tokens, threads)
+    return time_search(variant, corpus, embedding_queries(variant.run, serve.benchmark_prompts), serve.top_k, threads)
 
 
-def quality_retained(variant: Variant, report: dict[str, Any]) -> float | None:
+def quality_retained(variant: Variant, report: Report) -> float | None:
     """How much of the teacher's quality the variant kept, in % (the teacher is 100), from the run's report.
 
     causal-lm: the PyTorch student's held-out top-1 next-token agreement with the teacher; an ONNX variant's
@@ -100,19 +92,14 @@ def quality_retained(variant: Variant, report: dict[str, Any]) -> float | None:
     """
     if variant.is_teacher:
         return 100.0
-    if report.get("task") == "embedding":
-        name = f"student ONNX {variant.precision}" if variant.precision else "student (PyTorch)"
-        return _percent(_get(report, "variants", "variants", name, "top10_overlap"))
-    agreement = _get(report, "distill", "eval", "student", "top1_agreement")
+    if report.task == "embedding":
+        row = report.variants.variants.get(variant_key("student", variant.precision)) if report.variants else None
+        return _percent(row.top10_overlap if row else None)
+    agreement = report.distill.eval["student"].get("top1_agreement") if report.distill else None
     if variant.precision is None:
         return _percent(agreement)
-    return _percent(agreement, _get(report, "export", variant.precision, "parity", "token_agreement"))
-
-
-def _get(report: dict[str, Any], *keys: str) -> Any:
-    for key in keys:
-        report = report.get(key) if isinstance(report, dict) else None
-    return report
+    folder = (report.export or {}).get(variant.precision)
+    return _percent(agreement, folder.parity.get("token_agreement") if folder else None)
 
 
 def _percent(*fractions: float | None) -> float | None:

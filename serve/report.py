@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from minnow.report.markdown import markdown
 from minnow.core.rundir import RunDir
+from minnow.report.markdown import markdown
 
 IMAGE = re.compile(r"!\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 
@@ -23,7 +23,7 @@ def report_parts(run: RunDir) -> list[str | Path]:
     file = run.report_md
     if file.is_file():
         text = file.read_text(encoding="utf-8")
-    elif run.report():
+    elif run.report_json.is_file():
         text = markdown(run.report())
     else:
         return [f"`{run.path}` has no report yet; it is written as the run's stages finish."]

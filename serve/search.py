@@ -7,9 +7,8 @@ sizes and times and the corpus content), so a restarted demo does not embed the 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minnow.distill.models import local_model_dir
-from minnow.export.embedding import OnnxEncoder, TorchEncoder
+from minnow.core import atomic
 from minnow.core.errors import MinnowError
-
+from minnow.distill.encoder import TorchEncoder
+from minnow.distill.models import local_model_dir
+from minnow.export.embedding import OnnxEncoder
 from minnow.export.variants import SearchGroup, Variant, cached, corpus_digest
-
-MAX_LENGTH = 128
 
 
 @dataclass(frozen=True)
@@ -56,7 +54,8 @@ def encoder(variant: Variant, threads: int) -> TorchEncoder | OnnxEncoder:
         model_file = Path(variant.path) / "model.onnx"
         if not model_file.is_file():
             raise MinnowError(f"{model_file} is missing; export it again with `minnow export RUN_DIR`")
-        return cached(("onnx-encoder", variant.key, threads), lambda: OnnxEncoder(Path(variant.path), threads))
+        provider = variant.run.recipe.export.execution_provider
+        return cached(("onnx-encoder", variant.key, threads), lambda: OnnxEncoder(Path(variant.path), threads, provider))
     torch.set_num_threads(threads)
     revision = variant.spec.revision if variant.spec else None
     return cached(("torch-encoder", variant.key), lambda: TorchEncoder.from_dir(local_model_dir(variant.path, revision)))
@@ -68,7 +67,7 @@ def search(variant: Variant, corpus_file: Path, query: str, k: int, threads: int
     model = encoder(variant, threads)
     index = corpus_index(variant, model, rows, corpus_file)
     start = time.perf_counter()
-    scores = index @ model.encode([query], max_length=MAX_LENGTH)[0]
+    scores = index @ model.encode([query], max_length=variant.run.recipe.distill.max_seq_len)[0]
     top = np.argsort(-scores, kind="stable")[:k]
     latency_ms = (time.perf_counter() - start) * 1000
     return Result([Hit(rows[i]["id"], rows[i]["text"], float(scores[i])) for i in top], latency_ms)
@@ -83,7 +82,7 @@ def corpus_index(
     def load_or_embed() -> np.ndarray:
         if file.is_file():
             return np.load(file)
-        index = model.encode([row["text"] for row in rows], max_length=MAX_LENGTH)
+        index = model.encode([row["text"] for row in rows], max_length=variant.run.recipe.distill.max_seq_len)
         _save(file, index)
         return index
 
@@ -116,12 +115,6 @@ def _fingerprint(variant: Variant, corpus_file: Path) -> str:
 
 
 def _save(file: Path, array: np.ndarray) -> None:
-    file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    atomic.write_bytes(file, buffer.getvalue())

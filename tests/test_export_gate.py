@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import run_minnow
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import run_minnow
-from minnow.export import gate
-from minnow.export.causal_lm import export_causal_lm
 from minnow.core.errors import MinnowError
 from minnow.core.recipe import Gate
 from minnow.core.rundir import RunDir
+from minnow.export import gate
+from minnow.export.causal_lm import export_causal_lm
 
 PROMPTS = ["My printer will not charge. What should I do?"]
 

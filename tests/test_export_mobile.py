@@ -7,13 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_recipe, write_recipe
-from minnow.export.causal_lm import export_causal_lm, stream_generate
-from minnow.export.gate import heldout_sequences
+
 from minnow.core.errors import MinnowError
 from minnow.core.recipe import Gate, load_recipe
 from minnow.core.rundir import RunDir
+from minnow.export.causal_lm import export_causal_lm, stream_generate
+from minnow.export.gate import heldout_sequences
 
 PROMPTS = ["My printer will not charge. What should I do?", "My router is very slow. What should I do?"]
 

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from minnow.distill.losses import IGNORE_INDEX, forward_kl, kd_loss_sum, embedding_cosine, embedding_mse
+from minnow.distill.losses import IGNORE_INDEX, embedding_cosine, embedding_mse, forward_kl, kd_loss_sum
 
 
 def test_forward_kl_matches_hand_computation():

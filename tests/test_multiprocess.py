@@ -8,9 +8,8 @@ import subprocess
 import sys
 
 import torch
-from safetensors.torch import load_file
-
 from conftest import run_minnow, tiny_recipe, write_recipe
+from safetensors.torch import load_file
 
 
 def test_two_processes_match_one_process_with_doubled_grad_accum(tiny_pair, tmp_path):

@@ -6,11 +6,11 @@ import copy
 import json
 
 import torch
+from conftest import run_minnow, tiny_recipe, write_recipe
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import run_minnow, tiny_recipe, write_recipe
-from minnow.distill.prune import block_importance, derive_causal_student, keep_layers, mlp_unit_importance, prune_mlp
 from minnow.core.recipe import FromTeacher
+from minnow.distill.prune import block_importance, derive_causal_student, keep_layers, mlp_unit_importance, prune_mlp
 
 
 def _batch(pair):

@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from safetensors.numpy import save_file
-
 from conftest import run_minnow, write_recipe
+from safetensors.numpy import save_file
+from tiny_models import CHAT_TEMPLATE, support_tickets, train_tokenizer
+
 from minnow.core.errors import MinnowError
 from minnow.core.recipe import Data, load_recipe
-from tiny_models import CHAT_TEMPLATE, support_tickets, train_tokenizer
 
 ROOT = Path(__file__).parents[1]
 CHAT = [

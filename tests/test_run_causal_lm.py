@@ -3,9 +3,8 @@
 import json
 
 import yaml
-from safetensors import safe_open
-
 from conftest import run_minnow, tiny_recipe, write_recipe
+from safetensors import safe_open
 
 
 def test_run_directory_holds_every_stage_output(tiny_run):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import torch
+from conftest import run_minnow, tiny_recipe, write_recipe
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, TrainingArguments
 
-from conftest import run_minnow, tiny_recipe, write_recipe
 from minnow.distill.causal_lm import tokenize
 from minnow.distill.generate import generate
 from minnow.distill.losses import IGNORE_INDEX
@@ -31,8 +31,8 @@ def test_sequence_mode_trains_on_cached_teacher_responses_with_on_policy_steps(t
     data = {json.loads(line)["prompt"] for line in tiny_pair["data"].read_text().splitlines()}
     tok = AutoTokenizer.from_pretrained(tiny_pair["teacher"])
     teacher = AutoModelForCausalLM.from_pretrained(tiny_pair["teacher"])
-    from minnow.distill.data import load_examples
     from minnow.core.recipe import load_recipe
+    from minnow.distill.data import load_examples
 
     by_id = {ex["id"]: ex for ex in load_examples(load_recipe(run_dir / "recipe.resolved.yaml").data)}
     prompts = [by_id[r["id"]]["prompt"] for r in responses[:16]]  # the first batch, generated as in the run

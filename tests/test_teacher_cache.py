@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import run_minnow, tiny_recipe, write_recipe
+
 from minnow.distill.losses import IGNORE_INDEX
 from minnow.distill.teacher_cache import LSE_1, LSE_T, NLL, TAIL_1, TAIL_T, cache_rows
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import shutil
 
+from conftest import tiny_recipe, write_recipe
 from transformers import AutoTokenizer
 
-from conftest import tiny_recipe, write_recipe
-from minnow.distill.preflight import preflight
 from minnow.core.recipe import load_recipe
+from minnow.distill.preflight import preflight
 
 
 def test_padding_and_chat_template_differences_are_reported(tiny_pair, tmp_path):

@@ -46,11 +46,12 @@ from transformers import AutoModelForCausalLM
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from tiny_models import _config, train_tokenizer  # noqa: E402
+
 from minnow.distill.data import python_docstrings  # noqa: E402
 from minnow.distill.losses import IGNORE_INDEX, kd_loss_sum, shift_for_next_token, token_cross_entropy  # noqa: E402
 from minnow.distill.schedules import OnlineSelection, ScheduleLog, paced, shuffled  # noqa: E402
 from minnow.distill.scorers import heuristic_score, learnability, near_duplicates, token_statistics  # noqa: E402
-from tiny_models import _config, train_tokenizer  # noqa: E402
 
 OUT = Path(__file__).parent / "results"
 SEQ = 48

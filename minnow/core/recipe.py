@@ -125,7 +125,10 @@ class Distill(Section):
         True, description="Embedding task: keep the token-embedding table copied from the teacher fixed (faster steps)."
     )
     steps: int = Field(200, gt=0, description="Optimizer steps.")
-    lr: float = Field(1e-4, gt=0, description="Peak learning rate (linear warmup then linear decay).")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate, reached after the warm-up.")
+    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = Field(
+        "linear", description="Learning-rate schedule after the warm-up (transformers' scheduler of that name)."
+    )
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of steps spent warming up.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     batch_size: int = Field(8, gt=0, description="Examples per device per step.")
@@ -133,6 +136,7 @@ class Distill(Section):
     max_seq_len: int = Field(512, gt=8, description="Tokens per example; longer examples are truncated.")
     eval_batch_size: int = Field(16, gt=0, description="Examples per batch in evaluation and scoring.")
     save_steps: int = Field(100, gt=0, description="Checkpoint every this many steps (a rerun resumes from the last).")
+    save_total_limit: int = Field(2, gt=0, description="Checkpoints kept in checkpoints/; older ones are deleted.")
     seed: int = Field(0, description="Seed for initialisation, data split and order.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train; `auto` picks CUDA when present.")
     teacher_cache: bool = Field(
@@ -215,6 +219,14 @@ class Export(Section):
     )
     parity_examples: int = Field(4, gt=0, description="Held-out examples used when `parity_prompts` is empty.")
     parity_max_new_tokens: int = Field(16, gt=0, description="Greedy tokens compared ONNX vs PyTorch (causal-lm).")
+    embedding_parity: dict[Literal["fp32", "int8"], float] = Field(
+        default_factory=lambda: {"fp32": 0.999, "int8": 0.99},
+        description="Embedding: least mean cosine of each ONNX precision's embeddings to PyTorch's on the parity texts.",
+    )
+    timed_texts: int = Field(256, gt=0, description="Embedding: held-out texts timed for sentences/s in the measure stage.")
+    execution_provider: str = Field(
+        "CPUExecutionProvider", description="onnxruntime execution provider for the embedding ONNX variants (measure, demo)."
+    )
     gate: Gate = Field(
         default_factory=Gate, description="Causal-lm: quality each precision must keep against PyTorch on held-out tokens."
     )
@@ -239,6 +251,10 @@ class Serve(Section):
     max_new_tokens: int = Field(64, gt=0, le=1024, description="Most tokens a variant generates per request.")
     max_queue: int = Field(16, gt=0, description="Requests waiting in the demo's queue before new ones are refused.")
     top_k: int = Field(5, gt=0, le=50, description="Search results shown per variant (embedding runs).")
+    benchmark_prompts: int = Field(
+        8, gt=0, le=256, description="Held-out prompts (or queries) per variant in the measure stage and the Benchmark tab."
+    )
+    search_corpus: int = Field(2000, gt=0, description="Embedding: texts in the demo's search corpus (held-out first).")
 
 
 class Cost(Section):

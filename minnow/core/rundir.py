@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import atomic
 from .errors import MinnowError
 from .recipe import Recipe, load_recipe, to_yaml
+from .report_schema import Report
 
 RESOLVED = "recipe.resolved.yaml"
 
@@ -150,11 +151,13 @@ class RunDir:
         """``path`` as report.json and report.md name it: relative to the run directory."""
         return path.relative_to(self.path).as_posix()
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> Report:
         file = self.report_json
-        return json.loads(file.read_text()) if file.is_file() else {}
+        return Report.parse(file.read_text(encoding="utf-8"), str(file)) if file.is_file() else Report()
 
     def update_report(self, section: str, data: Any) -> None:
-        report = self.report() | {"name": self.recipe.name, "task": self.recipe.task}
-        report[section] = data
-        atomic.write_json(self.report_json, report)
+        """Set one section of report.json (validated by its model) and write the file atomically."""
+        report = self.report()
+        report.name, report.task = self.recipe.name, self.recipe.task
+        setattr(report, section, data)
+        atomic.write_json(self.report_json, report.dump())

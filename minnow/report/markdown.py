@@ -6,9 +6,10 @@ import io
 from typing import Any
 
 from minnow.core import atomic
-from .cost import cost_figure, serving_table
+from minnow.core.report_schema import CostSection, Distilled, ExportedFolder, Report, Variants
 from minnow.core.rundir import RunDir
 
+from .cost import cost_figure, serving_table
 
 
 def _fmt(value: Any) -> str:
@@ -30,8 +31,8 @@ def _mb(n: int | None) -> str:
     return "—" if n is None else f"{n / 1e6:.2f} MB"
 
 
-def _causal_quality(d: dict) -> list[str]:
-    before, after = d["eval_before"], d["eval"]
+def _causal_quality(d: Distilled) -> list[str]:
+    before, after = d.eval_before, d.eval
     rows = [
         ["teacher", after["teacher"]["loss"], after["teacher"]["perplexity"], 0.0, 1.0],
         ["student before", *(before["student"][k] for k in ("loss", "perplexity", "kl_to_teacher", "top1_agreement"))],
@@ -41,57 +42,57 @@ def _causal_quality(d: dict) -> list[str]:
     return lines + _table(["model", "loss", "perplexity", "KL(teacher‖model)", "top-1 agreement with teacher"], rows)
 
 
-def _engine(d: dict) -> list[str]:
+def _engine(d: Distilled) -> list[str]:
     """Loss, teacher cache and tokenizer notes of a causal-lm run."""
     lines = []
-    if d.get("loss"):
-        loss = d["loss"]
+    if d.loss:
+        loss = d.loss
         on_policy = f", {loss['on_policy_fraction']:.0%} of steps on the student's own continuations" if loss.get("on_policy_fraction") else ""
-        mode = f"; sequence-level KD on the teacher's responses (`{d['teacher_responses']}`)" if loss.get("mode") == "sequence" else ""
+        mode = f"; sequence-level KD on the teacher's responses (`{d.teacher_responses}`)" if loss.get("mode") == "sequence" else ""
         lines.append(f"Loss: {loss['kd']} at temperature {loss['temperature']}, cross-entropy weight {loss['ce_weight']}{on_policy}{mode}.")
-    cache = d.get("teacher_cache")
+    cache = d.teacher_cache
     if cache:
         how = f"built in {cache['built_seconds']} s" if cache.get("built_seconds") else "reused"
         lines.append(
             f"Teacher logits from `{cache['folder']}/` (top-{cache['top_k']} + tail, {how}, provenance {cache['hash'][:12]}); "
-            + ("on-policy steps loaded the teacher" if (d.get("loss") or {}).get("on_policy_fraction") else "the teacher was not loaded for training")
+            + ("on-policy steps loaded the teacher" if (d.loss or {}).get("on_policy_fraction") else "the teacher was not loaded for training")
             + ", and held-out KL is over the top-k tokens plus a tail bucket."
         )
-    if d.get("tokenizer"):
-        lines.append(f"Tokenizer: {d['tokenizer']['tokens']} tokens; chat template: {d['tokenizer']['chat_template']}.")
+    if d.tokenizer:
+        lines.append(f"Tokenizer: {d.tokenizer['tokens']} tokens; chat template: {d.tokenizer['chat_template']}.")
     return [line for item in lines for line in (item, "")]
 
 
-def _embedding_quality(d: dict) -> list[str]:
+def _embedding_quality(d: Distilled) -> list[str]:
     keys = ["mean_cosine", "spearman_pairwise", "top10_overlap"]
-    rows = [[name, *(d[stage]["student"].get(k) for k in keys)] for name, stage in (("student before", "eval_before"), ("student after", "eval"))]
-    lines = [f"Held-out: {d['eval']['texts']} texts. 1.0 = identical to the teacher.", ""]
+    rows = [[name, *(stage["student"].get(k) for k in keys)] for name, stage in (("student before", d.eval_before), ("student after", d.eval))]
+    lines = [f"Held-out: {d.eval['texts']} texts. 1.0 = identical to the teacher.", ""]
     return lines + _table(["model", "mean cosine to teacher", "Spearman of pairwise similarities", "top-10 retrieval overlap"], rows)
 
 
-def _variants(v: dict, task: str) -> list[str]:
+def _variants(v: Variants, task: str) -> list[str]:
     lines = ["## Variants side by side", ""]
     if task == "causal-lm":
         lines += [
-            f"Greedy generation of at most {v['max_new_tokens']} tokens for each of {v['prompts']} held-out prompts, "
-            f"{v['threads']} threads, every variant in one process.",
+            f"Greedy generation of at most {v.max_new_tokens} tokens for each of {v.prompts} held-out prompts, "
+            f"{v.threads} threads, every variant in one process.",
             "",
         ]
         keys = ["tokens_per_s", "speedup_vs_teacher", "ttft_ms"]
-        rows = [[name, _mb(r["size_bytes"]), *(r.get(k) for k in keys)] for name, r in v["variants"].items()]
+        rows = [[name, _mb(r.size_bytes), *(getattr(r, k) for k in keys)] for name, r in v.variants.items()]
         return lines + _table(["variant", "size", "tokens/s", "× teacher", "time to first token (ms)"], rows)
     lines += [
-        f"Quality against the teacher on {v['texts']} held-out texts; sentences/s on the first {v['timed_texts']} of them, "
-        f"batch {v['batch_size']}, {v['threads']} threads, every variant in one process.",
+        f"Quality against the teacher on {v.texts} held-out texts; sentences/s on the first {v.timed_texts} of them, "
+        f"batch {v.batch_size}, {v.threads} threads, every variant in one process.",
         "",
     ]
     keys = ["sentences_per_s", "speedup_vs_teacher", "mean_cosine", "spearman_pairwise", "top10_overlap"]
-    rows = [[name, _mb(r["size_bytes"]), *(r.get(k) for k in keys)] for name, r in v["variants"].items()]
+    rows = [[name, _mb(r.size_bytes), *(getattr(r, k) for k in keys)] for name, r in v.variants.items()]
     return lines + _table(["variant", "size", "sentences/s", "× teacher", "mean cosine", "Spearman", "top-10 overlap"], rows)
 
 
-def _cost(c: dict) -> list[str]:
-    a, currency = c["assumptions"], c["assumptions"]["currency"]
+def _cost(c: CostSection) -> list[str]:
+    a, currency = c.assumptions, c.assumptions["currency"]
     basis = f"{a['price_per_hour']} {currency}/h" if a["price_per_hour"] is not None else f"{a['price_per_kwh']} {currency}/kWh"
     lines = [
         "## Cost",
@@ -100,13 +101,13 @@ def _cost(c: dict) -> list[str]:
         "input answered as in *Variants side by side*.",
         "",
     ]
-    if c["serving"]:
+    if c.serving:
         lines += _table(*serving_table(c))
-        lines += [f"![cost per 1k requests]({c['chart']})", ""] if c.get("chart") else [""]
-    if c["training_total"]:
-        rows = [[stage, t["seconds"], t["wh"], t["money"], t["gco2e"], t["source"]] for stage, t in c["training"].items()]
-        t = c["training_total"]
-        rows.append(["total", t["seconds"], t["wh"], t["money"], t["gco2e"], "measured" if t["measured"] else "estimated"])
+        lines += [f"![cost per 1k requests]({c.chart})", ""] if c.chart else []
+    if c.training_total:
+        rows = [[stage, t.seconds, t.wh, t.money, t.gco2e, t.source] for stage, t in c.training.items()]
+        t = c.training_total
+        rows.append(["total", t.seconds, t.wh, t.money, t.gco2e, "measured" if t.measured else "estimated"])
         lines += ["Distilling the student, once:", ""]
         lines += _table(["stage", "seconds", "Wh", currency, "gCO2e", "energy"], rows)
     lines += [
@@ -132,41 +133,41 @@ def _curriculum(c: dict) -> list[str]:
     return lines + [f"![score distribution, what was dropped, and the schedule]({c['plot']})", ""]
 
 
-def markdown(report: dict) -> str:
-    lines = [f"# Minnow run `{report.get('name')}` ({report.get('task')})", ""]
-    d = report.get("distill")
+def markdown(report: Report) -> str:
+    lines = [f"# Minnow run `{report.name}` ({report.task})", ""]
+    d = report.distill
     if d:
-        p = d["parameters"]
+        p = d.parameters
         lines += [
             "## Distillation",
             "",
-            f"{d['steps']} steps in {d['train_seconds']} s on {d['device']}; "
+            f"{d.steps} steps in {d.train_seconds} s on {d.device}; "
             f"teacher {p['teacher'] / 1e6:.2f} M parameters, student {p['student'] / 1e6:.2f} M "
-            f"({p['student'] / p['teacher']:.1%}). Examples: {d['examples']}.",
+            f"({p['student'] / p['teacher']:.1%}). Examples: {d.examples}.",
             "",
-            *_curriculum(d["curriculum"]),
+            *_curriculum(d.curriculum),
             *_engine(d),
             "## Quality kept",
             "",
         ]
-        lines += _causal_quality(d) if report.get("task") == "causal-lm" else _embedding_quality(d)
-    e = report.get("export")
+        lines += _causal_quality(d) if report.task == "causal-lm" else _embedding_quality(d)
+    e = report.export
     if e:
         lines += ["## Export", ""]
-        rows = [[prec, v["path"], _mb(v["size_bytes"]), _parity(v["parity"])] for prec, v in e.items()]
+        rows = [[prec, v.path, _mb(v.size_bytes), _parity(v.parity)] for prec, v in e.items()]
         lines += _table(["precision", "folder", "size", "parity with PyTorch"], rows)
         lines += _gate(e)
         lines += _mobile(e.get("mobile"))
         lines += _figures(e)
-    if report.get("variants"):
-        lines += _variants(report["variants"], report.get("task"))
-    if report.get("cost"):
-        lines += _cost(report["cost"])
+    if report.variants:
+        lines += _variants(report.variants, report.task)
+    if report.cost:
+        lines += _cost(report.cost)
     return "\n".join(lines)
 
 
-def _gate(e: dict) -> list[str]:
-    gated = {prec: v["gate"] for prec, v in e.items() if isinstance(v, dict) and "gate" in v}
+def _gate(e: dict[str, ExportedFolder]) -> list[str]:
+    gated = {prec: v.gate for prec, v in e.items() if v.gate}
     if not gated:
         return []
     tokens = next(iter(gated.values()))["tokens"]
@@ -182,8 +183,8 @@ def _gate(e: dict) -> list[str]:
     return lines + _table(header, rows)
 
 
-def _figures(e: dict) -> list[str]:
-    measured = {name: v["figures"] for name, v in e.items() if isinstance(v, dict) and "figures" in v}
+def _figures(e: dict[str, ExportedFolder]) -> list[str]:
+    measured = {name: v.figures for name, v in e.items() if v.figures}
     if not measured:
         return []
     first = next(iter(measured.values()))
@@ -200,16 +201,16 @@ def _figures(e: dict) -> list[str]:
     return lines + _table(header, rows)
 
 
-def _mobile(m: dict | None) -> list[str]:
+def _mobile(m: ExportedFolder | None) -> list[str]:
     if not m:
         return []
-    u = m["usability"]
+    u = m.usability
     eps = ", ".join(f"{ep}: {'yes' if ok else 'no'}" for ep, ok in u["accelerators_recommended"].items())
     return [
         "### Phone artefact",
         "",
-        f"`{m['path']}/`: the int4 model as `{m['model']}` (ORT format) with `{m['operators_config']}` for a reduced "
-        f"onnxruntime build; max_length {m['max_length']}. Mobile-usability checker: {u['verdict']} "
+        f"`{m.path}/`: the int4 model as `{m.model}` (ORT format) with `{m.operators_config}` for a reduced "
+        f"onnxruntime build; max_length {m.max_length}. Mobile-usability checker: {u['verdict']} "
         f"(accelerator worth trying as is — {eps or 'none checked'}). Not run on a phone here.",
         "",
     ]
@@ -226,8 +227,8 @@ def _parity(p: dict) -> str:
 def write_markdown(run: RunDir) -> None:
     """report.md, and the images it shows."""
     report = run.report()
-    if report.get("cost", {}).get("serving"):
+    if report.cost and report.cost.serving:
         png = io.BytesIO()
-        cost_figure(report["cost"]).savefig(png, format="png", dpi=100)
+        cost_figure(report.cost).savefig(png, format="png", dpi=100)
         atomic.write_bytes(run.cost_chart, png.getvalue())
     atomic.write_text(run.report_md, markdown(report))
