@@ -64,6 +64,26 @@ def uld(
     return sorted_l1(student, teacher_top, teacher_tail) + left_out
 
 
+def matched_kl(
+    student_log_probs: torch.Tensor,
+    teacher_ids: torch.Tensor,
+    teacher_top_log_probs: torch.Tensor,
+    student_scale: torch.Tensor,
+    teacher_scale: torch.Tensor,
+    teacher_to_student: torch.Tensor,
+) -> torch.Tensor:
+    """Per-group KL(teacher‖student) over the teacher's top-k tokens that have a same-text student token, each its
+    own bucket, plus one bucket for everything else (the rest of both vocabularies and the span's left-out mass)."""
+    mapped = teacher_to_student[teacher_ids.long()]
+    matched = mapped.ne(UNMATCHED)
+    s_log = student_log_probs + student_scale.unsqueeze(-1)
+    s_matched = s_log.gather(-1, mapped.clamp(min=0)).masked_fill(~matched, LOG_ZERO)
+    t_matched = (teacher_top_log_probs + teacher_scale.unsqueeze(-1)).masked_fill(~matched, LOG_ZERO)
+    s_buckets = torch.cat([s_matched, _log_rest(s_matched)], -1)
+    t_buckets = torch.cat([t_matched, _log_rest(t_matched)], -1)
+    return kl_from_log_probs(t_buckets, s_buckets)
+
+
 def hybrid(
     student_log_probs: torch.Tensor,
     teacher_ids: torch.Tensor,
@@ -73,26 +93,18 @@ def hybrid(
     teacher_scale: torch.Tensor,
     teacher_to_student: torch.Tensor,
 ) -> torch.Tensor:
-    """Per-group KL over same-text tokens plus ULD over the rest (GOLD's hybrid; see the module docstring).
+    """Per-group :func:`matched_kl` plus ULD over the rest (GOLD's hybrid; see the module docstring).
 
-    ``teacher_to_student`` maps every teacher id to the student id with the same text, or UNMATCHED. Matched
-    tokens among the teacher's top k are compared one to one: KL(teacher‖student) over them plus one bucket
-    holding everything else (the rest of the vocabulary and the span's left-out mass). That everything else is
-    compared by :func:`sorted_l1`: the teacher's unmatched top-k tokens and tail against the student's tokens
-    outside the matched ones.
+    ``teacher_to_student`` maps every teacher id to the student id with the same text, or UNMATCHED. What the
+    KL's last bucket lumps together is compared by :func:`sorted_l1`: the teacher's unmatched top-k tokens and
+    tail against the student's tokens other than the matched ones.
     """
+    kl = matched_kl(student_log_probs, teacher_ids, teacher_top_log_probs, student_scale, teacher_scale, teacher_to_student)
     mapped = teacher_to_student[teacher_ids.long()]
     matched = mapped.ne(UNMATCHED)
-    s_log = student_log_probs + student_scale.unsqueeze(-1)
-    t_log = teacher_top_log_probs + teacher_scale.unsqueeze(-1)
-    s_matched = s_log.gather(-1, mapped.clamp(min=0)).masked_fill(~matched, LOG_ZERO)
-    t_matched = t_log.masked_fill(~matched, LOG_ZERO)
-    s_buckets = torch.cat([s_matched, _log_rest(s_matched)], -1)
-    t_buckets = torch.cat([t_matched, _log_rest(t_matched)], -1)
-    kl = kl_from_log_probs(t_buckets, s_buckets)
-    taken = torch.zeros_like(student_log_probs, dtype=torch.bool).scatter(-1, mapped.clamp(min=0), matched)
-    student_rest = s_log.exp().masked_fill(taken, 0.0)
-    teacher_rest = t_log.exp().masked_fill(matched, 0.0)
+    taken = torch.zeros_like(student_log_probs).scatter_add(-1, mapped.clamp(min=0), matched.float()).gt(0)
+    student_rest = (student_log_probs + student_scale.unsqueeze(-1)).exp().masked_fill(taken, 0.0)
+    teacher_rest = (teacher_top_log_probs + teacher_scale.unsqueeze(-1)).exp().masked_fill(matched, 0.0)
     teacher_tail = (teacher_tail_log_mass + teacher_scale).exp()
     return kl + sorted_l1(student_rest, teacher_rest, teacher_tail)
 

@@ -151,6 +151,11 @@ class Distill(Section):
     on_policy_fraction: float = Field(
         0.0, ge=0, le=1, description="Share of steps on the student's own continuations scored by the teacher (GKD's λ)."
     )
+    cross_tokenizer: Literal["auto", "uld", "hybrid", "off"] = Field(
+        "auto",
+        description="Teacher and student with different tokenizers: `hybrid` (GOLD: exact KL on same-text tokens, ULD on "
+        "the rest), `uld` (Boizard et al. 2024), `auto` (hybrid when half the student's vocabulary matches), `off` stops.",
+    )
     rebuild_stale_cache: bool = Field(
         False, description="Rebuild a teacher cache whose teacher, tokenizer, data or settings changed (else stop)."
     )
