@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .errors import MinnowError
 
 PACKAGE_PREFIX = "package:"
+GGUF_SUFFIX = ".gguf"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -25,7 +26,9 @@ class Section(BaseModel):
 
 
 class Teacher(Section):
-    path: str = Field(description="Local folder, hub id (org/name) or `package:<python package>/<subfolder>`.")
+    path: str = Field(
+        description="Local folder, hub id (org/name), `.gguf` file, or `package:<python package>/<subfolder or .gguf>`."
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype when loaded.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when `path` is a hub id.")
     trust_remote_code: bool = Field(False, description="Run model code shipped with the weights. Off unless you trust it.")
@@ -49,7 +52,7 @@ class FromTeacher(Section):
 
 
 class Student(Section):
-    path: str | None = Field(None, description="Local folder, hub id or `package:` reference of the student.")
+    path: str | None = Field(None, description="Local folder, hub id, `.gguf` file or `package:` reference of the student.")
     from_teacher: FromTeacher | None = Field(None, description="Derive the student from the teacher instead of `path`.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype while training.")
     revision: str | None = Field(None, description="Hub revision when `path` is a hub id.")
@@ -327,19 +330,24 @@ class Recipe(Section):
 
 
 def resolve_model_path(ref: str, base: Path) -> str:
-    """Turn a recipe model reference into what ``from_pretrained`` takes: an existing folder or a hub id."""
+    """Turn a recipe model reference into an existing folder, a hub id, or a `.gguf` file (converted to a folder
+    by ``minnow.distill.gguf`` before a run uses it)."""
     if ref.startswith(PACKAGE_PREFIX):
         package, _, sub = ref[len(PACKAGE_PREFIX) :].partition("/")
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
             raise ValueError(f"no installed Python package named {package!r} (pip install it)")
         folder = Path(list(spec.submodule_search_locations)[0]) / sub
+        if folder.is_file() and folder.suffix.lower() == GGUF_SUFFIX:
+            return str(folder)
         if not folder.is_dir():
-            raise ValueError(f"package {package!r} has no folder {sub!r}")
+            raise ValueError(f"package {package!r} has no folder or .gguf file {sub!r}")
         return str(folder)
     local = (base / ref).expanduser() if not Path(ref).expanduser().is_absolute() else Path(ref).expanduser()
-    if local.is_dir():
+    if local.is_dir() or (local.is_file() and local.suffix.lower() == GGUF_SUFFIX):
         return str(local.resolve())
+    if local.suffix.lower() == GGUF_SUFFIX:
+        raise ValueError(f"no such GGUF file: {local}")
     if ref.startswith((".", "/", "~")) or not HUB_ID.match(ref):
         raise ValueError(f"no such folder: {local}")
     return ref
