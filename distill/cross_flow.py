@@ -75,7 +75,7 @@ class CrossTokenizerTrainer(LogitDistillTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
-        teacher = {k: inputs.pop(k) for k in GROUP_KEYS}
+        teacher = {k: inputs.pop(k) for k in GROUP_KEYS if k in inputs}
         outputs = model(**inputs)
         loss_sum, _, _ = cross_kd_loss_sum(
             outputs.logits, labels, teacher, self.temperature, self.ce_weight, self.teacher_to_student

@@ -136,9 +136,12 @@ def cross_kd_loss_sum(
     (``group_*``) and every later token of a merged group with its group (``span_*``). Student rows count the
     trained positions of the batch in row-major order, as in :func:`distill.losses.sparse_kd_loss_sum`. KD is
     :func:`hybrid` when ``teacher_to_student`` is given, else :func:`uld`; student tokens in no aligned group get
-    CE only.
+    CE only. With ``ce_weight`` 1 (SFT-only) the KD term is not computed and ``teacher`` may be empty.
     """
     s, targets = shift_for_next_token(student_logits, labels)
+    ce = token_cross_entropy(s, targets).sum()
+    if ce_weight == 1.0:
+        return ce, ce.new_zeros(()), ce
     mask = targets.ne(IGNORE_INDEX)
     log_s = (s[mask].float() / temperature).log_softmax(-1)
     groups = teacher["group_student"].numel()
@@ -156,5 +159,4 @@ def cross_kd_loss_sum(
     else:
         ids = teacher["teacher_ids"][first_t]
         kd = hybrid(first_s, ids, top, tail, s_scale, t_scale, teacher_to_student.to(ids.device)).sum()
-    ce = token_cross_entropy(s, targets).sum()
     return (1 - ce_weight) * kd * temperature**2 + ce_weight * ce, kd, ce

