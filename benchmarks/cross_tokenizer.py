@@ -13,7 +13,7 @@ training seconds per step (the teacher is cached: no arm runs it). Differences t
 hits them alike. Results: benchmarks/results/cross_tokenizer.{json,md}; each finished arm is saved at once and
 skipped when the script is rerun.
 
-    python benchmarks/cross_tokenizer.py [--seeds 3] [--steps 30] [--examples 240] [--workdir /tmp/cross-tok]
+    python benchmarks/cross_tokenizer.py [--seeds 3] [--steps 30] [--workdir /tmp/cross-tok]
 """
 
 from __future__ import annotations
@@ -82,10 +82,10 @@ def load_recipe(args):
     from minnow.core.recipe import load_recipe as load
     from minnow.distill.gguf import with_gguf_folders
 
-    recipe = with_gguf_folders(load(RECIPE), RECIPE)
+    recipe = with_gguf_folders(load(args.recipe), args.recipe)
     d = recipe.distill
     d.steps, d.batch_size, d.max_seq_len, d.lr = args.steps, args.batch_size, args.max_seq_len, args.lr
-    recipe.data.max_examples, recipe.data.heldout = args.examples, args.heldout
+    recipe.data.heldout = args.heldout
     return recipe
 
 
@@ -108,9 +108,10 @@ def train_arm(recipe, p: dict, cache, arm: str, seed: int, workdir: Path, device
                               save_strategy="no", logging_steps=max(1, cfg.steps // 5), seed=seed, data_seed=seed,
                               train_sampling_strategy="random")
     table = vocabulary_match(p["student_tok"], p["teacher_tok"])[0] if arm == "hybrid" else None
+    plain = lambda rows: collate([{k: r[k] for k in ("input_ids", "attention_mask", "labels")} for r in rows])  # noqa: E731
     trainer = CrossTokenizerTrainer(
         model=student, args=args, train_dataset=Dataset.from_list(p["train_rows"]), processing_class=p["student_tok"],
-        data_collator=collate if arm == "sft" else CrossTokenizerCollator(collate, cache, cfg.temperature),
+        data_collator=plain if arm == "sft" else CrossTokenizerCollator(collate, cache, cfg.temperature),
         temperature=cfg.temperature, ce_weight=1.0 if arm == "sft" else cfg.ce_weight, teacher_to_student=table,
     )
     started = time.perf_counter()
@@ -120,26 +121,25 @@ def train_arm(recipe, p: dict, cache, arm: str, seed: int, workdir: Path, device
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", type=Path, default=RECIPE)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-seq-len", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--examples", type=int, default=240)
     parser.add_argument("--heldout", type=int, default=32)
-    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per held-out prompt (ROUGE-L)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/cross-tok"))
     args = parser.parse_args()
+    args.recipe = args.recipe.resolve()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-    from minnow.distill.cross_flow import cache_teacher_cross, evaluate_cross, prepare_cross
-    from minnow.distill.cross_tokenizer import CrossTokenizerCollator, vocabulary_match
-    from minnow.distill.models import load_causal_lm
-    from minnow.distill.training import pick_device
 
     from transformers import DataCollatorForSeq2Seq
 
+    from minnow.distill.cross_flow import cache_teacher_cross, evaluate_cross, prepare_cross
+    from minnow.distill.cross_tokenizer import CrossTokenizerCollator, vocabulary_match
     from minnow.distill.losses import IGNORE_INDEX
+    from minnow.distill.training import pick_device
 
     class Run:  # what cache_teacher_cross reads of a run directory
         def __init__(self, recipe, folder: Path) -> None:
@@ -149,8 +149,6 @@ def main() -> None:
     partial = args.workdir / "arms.json"
     done: dict = json.loads(partial.read_text()) if partial.is_file() else {}
     device = pick_device("auto")
-    teacher_answers_file = args.workdir / "teacher_answers.json"
-    teacher_answers: dict = json.loads(teacher_answers_file.read_text()) if teacher_answers_file.is_file() else {}
     setup: dict = {}
     for seed in range(args.seeds):
         recipe = load_recipe(args)
@@ -161,16 +159,9 @@ def main() -> None:
         setup.setdefault("cache_seconds", info["built_seconds"] or round(time.perf_counter() - started, 1))
         setup |= {"method_auto": p["why"], "alignment": p["alignment"], "train_rows": len(p["train_rows"]),
                   "heldout_rows": len(p["eval_rows"]), "top_k": recipe.distill.cache_top_k}
-        chat = recipe.data.chat_template
         by_id = {ex["id"]: ex for ex in p["heldout"]}
-        prompts = {r["id"]: prompt_of(by_id[r["id"]], p["student_tok"], chat) for r in p["eval_rows"]}
-        missing = [i for i in prompts if i not in teacher_answers]
-        if missing:
-            teacher = load_causal_lm(recipe.teacher, device).eval()
-            answers = greedy(teacher, p["teacher_tok"], [prompts[i] for i in missing], args.new_tokens, device)
-            teacher_answers |= dict(zip(missing, answers))
-            teacher_answers_file.write_text(json.dumps(teacher_answers, indent=1, ensure_ascii=False))
-            del teacher
+        prompts = {r["id"]: prompt_of(by_id[r["id"]], p["student_tok"], recipe.data.chat_template) for r in p["eval_rows"]}
+        teacher_answers = {i: by_id[i]["response"] for i in prompts}  # the data is the teacher's greedy text
         collate = DataCollatorForSeq2Seq(p["student_tok"], padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
         table = vocabulary_match(p["student_tok"], p["teacher_tok"])[0]
         eval_collate = CrossTokenizerCollator(collate, cache, 1.0)
@@ -222,7 +213,7 @@ def markdown(r: dict) -> str:
         "# Cross-tokenizer distillation: Gemma 3 270M → SmolLM2-135M-Instruct",
         "",
         f"`python benchmarks/cross_tokenizer.py --seeds {s['seeds']} --steps {s['steps']} --batch-size {s['batch_size']} "
-        f"--max-seq-len {s['max_seq_len']} --lr {s['lr']} --examples {s['examples']} --heldout {s['heldout']} "
+        f"--max-seq-len {s['max_seq_len']} --lr {s['lr']} --heldout {s['heldout']} "
         f"--new-tokens {s['new_tokens']}` (recipe `recipes/gemma3-to-smollm2.yaml`, scaled down by these flags).",
         "",
         f"Alignment of the training data: {json.dumps(r['setup'].get('alignment'))}; {r['setup'].get('method_auto')}.",

@@ -20,7 +20,8 @@ zero-width tokens at the same position, in order; the rest stay unaligned.
 from __future__ import annotations
 
 from bisect import bisect_right
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 Span = tuple[int, int]
 

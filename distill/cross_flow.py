@@ -22,9 +22,15 @@ from minnow.core.errors import MinnowError
 from minnow.core.recipe import Recipe
 from minnow.core.rundir import RunDir
 
-from .align import align
 from .cross_losses import GROUP_KEYS, cross_kd_loss_sum, matched_kl, span_log_scale, uld
-from .cross_tokenizer import CrossTokenizerCollator, alignment_shares, choose_method, cross_rows, trained_spans, vocabulary_match
+from .cross_tokenizer import (
+    CrossTokenizerCollator,
+    alignment_shares,
+    choose_method,
+    cross_rows,
+    trained_spans,
+    vocabulary_match,
+)
 from .curriculum import causal_learnability, causal_scorers, example_text, plan_curriculum
 from .data import split_examples
 from .losses import IGNORE_INDEX, shift_for_next_token, token_cross_entropy

@@ -11,7 +11,8 @@ each side appends its own EOS at the end of the text, and the two EOS align.
 from __future__ import annotations
 
 import json
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from transformers import PreTrainedTokenizerBase

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import support_tickets, train_tokenizer
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -17,8 +18,6 @@ from minnow.distill.align import Group, align, cuts, shares
 from minnow.distill.cross_losses import UNMATCHED, cross_kd_loss_sum, hybrid, sorted_l1, span_log_scale, uld
 from minnow.distill.cross_tokenizer import alignment_shares, choose_method, cross_rows, trained_spans, vocabulary_match
 from minnow.distill.losses import IGNORE_INDEX
-
-from tiny_models import support_tickets, train_tokenizer
 
 HARD_TEXT = "안녕하세요 👋🏽 I paid 12345 dollars for 3.14 kg — ça va?\n"
 
@@ -257,7 +256,6 @@ def test_real_smollm2_and_gemma3_tokenizers_align(real_tokenizers, text):
 
 @pytest.mark.slow
 def test_real_rows_and_vocabulary_match(real_tokenizers):
-    import importlib
 
     student, teacher = real_tokenizers
     ex = {"id": "c", "prompt": "Résumé: 안녕하세요 👋 what is 12345 × 6?", "response": "It is 74070. 🎉 Voilà — 감사합니다!"}
