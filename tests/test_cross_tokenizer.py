@@ -266,3 +266,19 @@ def test_real_rows_and_vocabulary_match(real_tokenizers):
     table, matched = vocabulary_match(student, teacher)
     assert table[teacher.convert_tokens_to_ids("▁the")] == student.convert_tokens_to_ids("Ġthe")
     assert matched > 0.5 * len(student)
+
+
+def test_a_gguf_shipped_in_chunks_is_assembled_by_its_package(tmp_path, monkeypatch):
+    from minnow.core.recipe import resolve_model_path
+
+    package = tmp_path / "chunked_gguf_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "from pathlib import Path\nMODEL_NAME = 'm.gguf'\n"
+        f"def assemble():\n    p = Path({str(tmp_path)!r}) / 'out' / MODEL_NAME\n"
+        "    p.parent.mkdir(exist_ok=True)\n    p.write_bytes(b'GGUF')\n    return p\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert resolve_model_path("package:chunked_gguf_pkg/m.gguf", tmp_path) == str(tmp_path / "out" / "m.gguf")
+    with pytest.raises(ValueError, match="no folder or .gguf file"):
+        resolve_model_path("package:chunked_gguf_pkg/other.gguf", tmp_path)
