@@ -228,6 +228,7 @@ def distill_cross_tokenizer(run: RunDir, prompt_text: Callable) -> dict:
         "tokenizer": {
             "tokens": len(tok),
             "teacher_tokens": len(p["teacher_tok"]),
+            "chat_template": "the student's renders the text both tokenizers read" if recipe.data.chat_template else "none",
             "cross_tokenizer": {"method": p["method"], "why": p["why"], "same_text_tokens": matched,
                                 "alignment": p["alignment"]},
         },
