@@ -130,9 +130,11 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per held-out prompt (ROUGE-L)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/cross-tok"))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared, oversubscribed CPU)")
     args = parser.parse_args()
     args.recipe = args.recipe.resolve()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    torch.set_num_threads(args.threads)
 
     from transformers import DataCollatorForSeq2Seq
 
@@ -214,7 +216,7 @@ def markdown(r: dict) -> str:
         "",
         f"`python benchmarks/cross_tokenizer.py --seeds {s['seeds']} --steps {s['steps']} --batch-size {s['batch_size']} "
         f"--max-seq-len {s['max_seq_len']} --lr {s['lr']} --heldout {s['heldout']} "
-        f"--new-tokens {s['new_tokens']}` (recipe `recipes/gemma3-to-smollm2.yaml`, scaled down by these flags).",
+        f"--new-tokens {s['new_tokens']} --threads {s['threads']}` (recipe `recipes/gemma3-to-smollm2.yaml`, scaled down by these flags).",
         "",
         f"Alignment of the training data: {json.dumps(r['setup'].get('alignment'))}; {r['setup'].get('method_auto')}.",
         "",
