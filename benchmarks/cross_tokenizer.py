@@ -85,6 +85,7 @@ def load_recipe(args):
     recipe = with_gguf_folders(load(args.recipe), args.recipe)
     d = recipe.distill
     d.steps, d.batch_size, d.max_seq_len, d.lr = args.steps, args.batch_size, args.max_seq_len, args.lr
+    d.eos_kd = not args.no_eos_kd
     recipe.data.heldout = args.heldout
     return recipe
 
@@ -111,7 +112,7 @@ def train_arm(recipe, p: dict, cache, arm: str, seed: int, workdir: Path, device
     plain = lambda rows: collate([{k: r[k] for k in ("input_ids", "attention_mask", "labels")} for r in rows])  # noqa: E731
     trainer = CrossTokenizerTrainer(
         model=student, args=args, train_dataset=Dataset.from_list(p["train_rows"]), processing_class=p["student_tok"],
-        data_collator=plain if arm == "sft" else CrossTokenizerCollator(collate, cache, cfg.temperature),
+        data_collator=plain if arm == "sft" else CrossTokenizerCollator(collate, cache, cfg.temperature, cfg.eos_kd),
         temperature=cfg.temperature, ce_weight=1.0 if arm == "sft" else cfg.ce_weight, teacher_to_student=table,
     )
     started = time.perf_counter()
@@ -130,6 +131,7 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per held-out prompt (ROUGE-L)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/cross-tok"))
+    parser.add_argument("--no-eos-kd", action="store_true", help="distill.eos_kd: false (the EOS pair trained by CE only)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared, oversubscribed CPU)")
     args = parser.parse_args()
     args.recipe = args.recipe.resolve()
@@ -166,7 +168,7 @@ def main() -> None:
         teacher_answers = {i: by_id[i]["response"] for i in prompts}  # the data is the teacher's greedy text
         collate = DataCollatorForSeq2Seq(p["student_tok"], padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
         table = vocabulary_match(p["student_tok"], p["teacher_tok"])[0]
-        eval_collate = CrossTokenizerCollator(collate, cache, 1.0)
+        eval_collate = CrossTokenizerCollator(collate, cache, 1.0, recipe.distill.eos_kd)
         for arm in ARMS:
             key = f"{arm}/{seed}"
             if key in done:
@@ -216,7 +218,7 @@ def markdown(r: dict) -> str:
         "",
         f"`python benchmarks/cross_tokenizer.py --seeds {s['seeds']} --steps {s['steps']} --batch-size {s['batch_size']} "
         f"--max-seq-len {s['max_seq_len']} --lr {s['lr']} --heldout {s['heldout']} "
-        f"--new-tokens {s['new_tokens']} --threads {s['threads']}` (recipe `recipes/gemma3-to-smollm2.yaml`, scaled down by these flags).",
+        f"--new-tokens {s['new_tokens']} --threads {s['threads']}{' --no-eos-kd' if s['no_eos_kd'] else ''}` (recipe `recipes/gemma3-to-smollm2.yaml`, scaled down by these flags).",
         "",
         f"Alignment of the training data: {json.dumps(r['setup'].get('alignment'))}; {r['setup'].get('method_auto')}.",
         "",

@@ -193,7 +193,7 @@ def distill_cross_tokenizer(run: RunDir, prompt_text: Callable) -> dict:
         texts = {ex["id"]: example_text(ex) for ex in p["train"]}
         scorers = causal_scorers(cache, student, train_rows, collate, cfg.eval_batch_size, device)
         plan = plan_curriculum(recipe.curriculum, recipe.task, recipe.data, run, ids, [texts[i] for i in ids], scorers)
-    eval_collate = CrossTokenizerCollator(collate, cache, 1.0)
+    eval_collate = CrossTokenizerCollator(collate, cache, 1.0, cfg.eos_kd)
     evaluate = lambda model: evaluate_cross(model, eval_rows, eval_collate, table, cfg.eval_batch_size, device)  # noqa: E731
     before = evaluate(student)
     if recipe.lora is not None:
@@ -205,7 +205,7 @@ def distill_cross_tokenizer(run: RunDir, prompt_text: Callable) -> dict:
     trainer = scheduled(CrossTokenizerTrainer)(
         sampler=plan.sampler(cfg.steps, args.train_batch_size * cfg.grad_accum * args.world_size, cfg.seed, learnable),
         model=student, args=args, train_dataset=Dataset.from_list(train_rows),
-        data_collator=CrossTokenizerCollator(collate, cache, cfg.temperature), processing_class=tok,
+        data_collator=CrossTokenizerCollator(collate, cache, cfg.temperature, cfg.eos_kd), processing_class=tok,
         temperature=cfg.temperature, ce_weight=cfg.ce_weight, teacher_to_student=table if p["method"] == "hybrid" else None,
     )
     started = time.perf_counter()

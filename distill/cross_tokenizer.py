@@ -186,10 +186,13 @@ class CrossTokenizerCollator:
     :mod:`distill.cross_losses`) for :func:`distill.cross_losses.cross_kd_loss_sum`.
 
     Only groups whose student and teacher tokens are all trained count; a student token elsewhere gets CE only.
+    With ``eos_kd`` false, neither does the pair of EOS tokens both sides append (zero-width): a base teacher's
+    distribution there is about the text it would write next, not about the answer ending (TRL's GOLD offers
+    the same skip).
     """
 
-    def __init__(self, collate: Callable, cache: TeacherCache, temperature: float) -> None:
-        self.collate, self.cache, self.temperature = collate, cache, temperature
+    def __init__(self, collate: Callable, cache: TeacherCache, temperature: float, eos_kd: bool = True) -> None:
+        self.collate, self.cache, self.temperature, self.eos_kd = collate, cache, temperature, eos_kd
 
     def __call__(self, features: list[dict]) -> dict:
         batch = self.collate([{k: f[k] for k in ("input_ids", "attention_mask", "labels")} for f in features])
@@ -199,10 +202,11 @@ class CrossTokenizerCollator:
             t_ids, t_logits, t_stats = self.cache.get(f["id"])
             student = trained_spans(f)
             for g in align(student, [tuple(x) for x in self.cache.offsets(f["id"]).tolist()]):
-                if g.student and g.teacher:
-                    groups.append((s_base + g.student[0], t_base + g.teacher[0]))
-                    spans += [(0, s_base + i, len(groups) - 1) for i in g.student[1:]]
-                    spans += [(1, t_base + i, len(groups) - 1) for i in g.teacher[1:]]
+                if not (g.student and g.teacher) or (not self.eos_kd and _zero_width(student[g.student[0]])):
+                    continue
+                groups.append((s_base + g.student[0], t_base + g.teacher[0]))
+                spans += [(0, s_base + i, len(groups) - 1) for i in g.student[1:]]
+                spans += [(1, t_base + i, len(groups) - 1) for i in g.teacher[1:]]
             s_base, t_base = s_base + len(student), t_base + t_ids.shape[0]
             ids.append(t_ids), logits.append(t_logits), stats.append(t_stats)
         stats_all = torch.cat(stats)
@@ -219,3 +223,7 @@ class CrossTokenizerCollator:
             mine = torch.tensor([(i, g) for s, i, g in spans if s == side], dtype=torch.long).reshape(-1, 2)
             batch[f"span_{name}"], batch[f"span_{name}_group"] = mine[:, 0], mine[:, 1]
         return batch
+
+
+def _zero_width(span: Span) -> bool:
+    return span[0] == span[1]

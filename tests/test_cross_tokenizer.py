@@ -282,3 +282,29 @@ def test_a_gguf_shipped_in_chunks_is_assembled_by_its_package(tmp_path, monkeypa
     assert resolve_model_path("package:chunked_gguf_pkg/m.gguf", tmp_path) == str(tmp_path / "out" / "m.gguf")
     with pytest.raises(ValueError, match="no folder or .gguf file"):
         resolve_model_path("package:chunked_gguf_pkg/other.gguf", tmp_path)
+
+
+def test_collator_groups_and_the_eos_pair_left_to_ce_when_asked(two_tokenizers):
+    from transformers import DataCollatorForSeq2Seq
+
+    from minnow.distill.cross_tokenizer import CrossTokenizerCollator
+
+    student, teacher = two_tokenizers
+    s_row, t_row = cross_rows({"id": "e", "prompt": "My phone", "response": "Restart it 12345 times."}, student, teacher, False, 64)
+    n = len(t_row["target_offsets"])
+
+    class Cache:  # the teacher cache's read side, for one example
+        def get(self, _):
+            return torch.zeros(n, 2, dtype=torch.int32), torch.zeros(n, 2), torch.zeros(n, 5)
+
+        def offsets(self, _):
+            return torch.tensor(t_row["target_offsets"])
+
+    collate = DataCollatorForSeq2Seq(student, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
+    with_eos = CrossTokenizerCollator(collate, Cache(), 1.0)([s_row])
+    without = CrossTokenizerCollator(collate, Cache(), 1.0, eos_kd=False)([s_row])
+    groups = align(trained_spans(s_row), t_row["target_offsets"])
+    assert with_eos["group_student"].numel() == len(groups) and without["group_student"].numel() == len(groups) - 1
+    assert with_eos["group_student"][-1] == len(trained_spans(s_row)) - 1  # the EOS pair is the last group
+    merged = [g for g in groups if len(g.student) > 1 or len(g.teacher) > 1]
+    assert with_eos["span_student"].numel() == sum(len(g.student) - 1 for g in merged)

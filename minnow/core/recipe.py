@@ -159,6 +159,9 @@ class Distill(Section):
         description="Teacher and student with different tokenizers: `hybrid` (GOLD: exact KL on same-text tokens, ULD on "
         "the rest), `uld` (Boizard et al. 2024), `auto` (hybrid when half the student's vocabulary matches), `off` stops.",
     )
+    eos_kd: bool = Field(
+        True, description="Cross-tokenizer: distill the appended end-of-sequence too; false trains it by CE only (base teachers)."
+    )
     rebuild_stale_cache: bool = Field(
         False, description="Rebuild a teacher cache whose teacher, tokenizer, data or settings changed (else stop)."
     )
