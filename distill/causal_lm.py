@@ -19,6 +19,7 @@ from minnow.core.errors import MinnowError
 from minnow.core.recipe import Recipe
 from minnow.core.rundir import RunDir
 
+from .cross_flow import cache_teacher_cross, cross_method, distill_cross_tokenizer, prepare_cross
 from .curriculum import causal_learnability, causal_scorers, example_text, plan_curriculum
 from .data import Example, split_examples
 from .evaluate import batches, evaluate_cached, evaluate_causal
@@ -216,6 +217,8 @@ def cache_teacher(run: RunDir, prepared: Prepared | None = None, teacher: Callab
     """The run's teacher cache over train and held-out rows: reused when current, else built with the teacher."""
     recipe = run.recipe
     device = pick_device(recipe.distill.device)
+    if prepared is None and cross_method(recipe)[0] != "same":
+        return cache_teacher_cross(run, prepare_cross(recipe), device)
     if prepared is None:
         prepared, teacher = _prepared_with_teacher(run, device)
     p = prepared
@@ -241,6 +244,8 @@ def student_from_teacher(run: RunDir, teacher: Callable[[], torch.nn.Module], p:
 
 def distill_causal_lm(run: RunDir) -> dict:
     recipe: Recipe = run.recipe
+    if cross_method(recipe)[0] != "same":
+        return distill_cross_tokenizer(run, prompt_text)
     cfg = recipe.distill
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)

