@@ -7,14 +7,18 @@ import os
 from collections import deque
 from pathlib import Path
 from statistics import mean
+from typing import Any
 
 import torch
 
 from minnow.distill.metrics import agreement
 from minnow.core.energy import EnergyMeter
+from minnow.core.errors import MinnowError
 from minnow.core.rundir import RunDir
 
 from .embedding import OnnxEncoder, TorchEncoder, throughput
+
+MAX_PROMPTS = 8  # held-out prompts each variant answers when measured (and in the demo's benchmark)
 
 
 def folder_bytes(folder: Path) -> int:
@@ -69,6 +73,14 @@ def measure_embedding(
             for name, r in rows.items()
         },
     }
+
+
+def causal_prompts(report: dict[str, Any]) -> list[str]:
+    """The run's held-out prompts, as a user would type them (the export's parity prompts), at most MAX_PROMPTS."""
+    prompts = report.get("distill", {}).get("parity_prompts", [])
+    if not prompts:
+        raise MinnowError("report.json has no held-out prompts (distill.parity_prompts); finish the distill stage")
+    return prompts[:MAX_PROMPTS]
 
 
 def measure_causal(run: RunDir, meter: EnergyMeter, threads: int | None = None) -> dict:

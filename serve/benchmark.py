@@ -22,9 +22,9 @@ from minnow.core.rundir import RunDir
 
 from minnow.export.generate import stream_text
 from .search import search
+from minnow.export.measure import MAX_PROMPTS, causal_prompts
 from minnow.export.variants import Variant
 
-MAX_PROMPTS = 8
 
 
 @dataclass(frozen=True)
@@ -49,14 +49,6 @@ class Row:
         latency, throughput = (self.timing.latency_ms, self.timing.throughput) if self.timing else (None, None)
         numbers = (self.size_mb, latency, throughput, self.quality_pct)
         return [self.variant, *(None if n is None else round(n, 2) for n in numbers)]
-
-
-def causal_prompts(report: dict[str, Any]) -> list[str]:
-    """The run's held-out prompts, as a user would type them (the export's parity prompts), at most MAX_PROMPTS."""
-    prompts = report.get("distill", {}).get("parity_prompts", [])
-    if not prompts:
-        raise MinnowError("report.json has no held-out prompts (distill.parity_prompts); finish the distill stage")
-    return prompts[:MAX_PROMPTS]
 
 
 def embedding_queries(run: RunDir) -> list[str]:
