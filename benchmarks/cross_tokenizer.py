@@ -10,7 +10,7 @@ Per arm and seed: held-out loss of the student on the data (per student token, t
 teacher, ROUGE-L of the student's greedy continuation of each held-out prompt against the teacher's, and the
 training seconds per step (the teacher is cached: no arm runs it). Differences to SFT-only are paired by seed
 (same split, same order) and given with a 95% t-interval. Arms of one seed run back to back, so machine load
-hits them alike. Results: benchmarks/results/cross_tokenizer.{json,md}; each finished arm is saved at once and
+hits them alike. Results: benchmarks/results/<--name>.{json,md}; each finished arm is saved at once and
 skipped when the script is rerun.
 
     python benchmarks/cross_tokenizer.py [--seeds 3] [--steps 30] [--workdir /tmp/cross-tok]
@@ -132,6 +132,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per held-out prompt (ROUGE-L)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/cross-tok"))
     parser.add_argument("--no-eos-kd", action="store_true", help="distill.eos_kd: false (the EOS pair trained by CE only)")
+    parser.add_argument("--name", default="cross_tokenizer", help="results file stem in benchmarks/results/")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared, oversubscribed CPU)")
     args = parser.parse_args()
     args.recipe = args.recipe.resolve()
@@ -207,8 +208,8 @@ def write_results(args, setup: dict, done: dict) -> None:
     result = {"settings": vars(args) | {"workdir": str(args.workdir)}, "setup": setup, "teacher_heldout": teacher,
               "arms": arms, "vs_sft": paired, "runs": done}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "cross_tokenizer.json").write_text(json.dumps(result, indent=1, ensure_ascii=False, default=str))
-    (RESULTS / "cross_tokenizer.md").write_text(markdown(result))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1, ensure_ascii=False, default=str))
+    (RESULTS / f"{args.name}.md").write_text(markdown(result))
 
 
 def markdown(r: dict) -> str:
@@ -218,7 +219,7 @@ def markdown(r: dict) -> str:
         "",
         f"`python benchmarks/cross_tokenizer.py --seeds {s['seeds']} --steps {s['steps']} --batch-size {s['batch_size']} "
         f"--max-seq-len {s['max_seq_len']} --lr {s['lr']} --heldout {s['heldout']} "
-        f"--new-tokens {s['new_tokens']} --threads {s['threads']}{' --no-eos-kd' if s['no_eos_kd'] else ''}` (recipe `recipes/gemma3-to-smollm2.yaml`, scaled down by these flags).",
+        f"--new-tokens {s['new_tokens']} --threads {s['threads']}{' --no-eos-kd' if s['no_eos_kd'] else ''} --name {s['name']}` (recipe `recipes/gemma3-to-smollm2.yaml`, scaled down by these flags).",
         "",
         f"Alignment of the training data: {json.dumps(r['setup'].get('alignment'))}; {r['setup'].get('method_auto')}.",
         "",
