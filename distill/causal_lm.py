@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import NamedTuple
 
 import jinja2
@@ -18,6 +19,7 @@ from minnow.core.errors import MinnowError
 from minnow.core.recipe import Recipe
 from minnow.core.rundir import RunDir
 
+from .cross_flow import cache_teacher_cross, cross_method, distill_cross_tokenizer, prepare_cross
 from .curriculum import causal_learnability, causal_scorers, example_text, plan_curriculum
 from .data import Example, split_examples
 from .evaluate import batches, evaluate_cached, evaluate_causal
@@ -215,6 +217,8 @@ def cache_teacher(run: RunDir, prepared: Prepared | None = None, teacher: Callab
     """The run's teacher cache over train and held-out rows: reused when current, else built with the teacher."""
     recipe = run.recipe
     device = pick_device(recipe.distill.device)
+    if prepared is None and cross_method(recipe)[0] != "same":
+        return cache_teacher_cross(run, prepare_cross(recipe), device)
     if prepared is None:
         prepared, teacher = _prepared_with_teacher(run, device)
     p = prepared
@@ -240,6 +244,8 @@ def student_from_teacher(run: RunDir, teacher: Callable[[], torch.nn.Module], p:
 
 def distill_causal_lm(run: RunDir) -> dict:
     recipe: Recipe = run.recipe
+    if cross_method(recipe)[0] != "same":
+        return distill_cross_tokenizer(run, prompt_text)
     cfg = recipe.distill
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -281,30 +287,43 @@ def distill_causal_lm(run: RunDir) -> dict:
         )
     before = evaluate(student)
 
-    student = with_lora(student, recipe.lora, task_type="CAUSAL_LM")
-    learnable = causal_learnability(plan, lambda: trainer.model, train_rows, collate, cfg.eval_batch_size, device)
-    trainer = ScheduledLogitDistillTrainer(
-        sampler=plan.sampler(cfg.steps, args.train_batch_size * cfg.grad_accum * args.world_size, cfg.seed, learnable),
-        model=student,
-        args=args,
-        train_dataset=Dataset.from_list(train_rows),
-        data_collator=train_collate,
-        processing_class=tok,
-        teacher=teacher,
-        temperature=cfg.temperature,
-        ce_weight=cfg.ce_weight,
-        div=divergence(cfg.loss, cfg.jsd_beta, cfg.skew_alpha),
-        on_policy_fraction=cfg.on_policy_fraction,
-        max_new_tokens=cfg.max_new_tokens,
-    )
-    trained = train_timed(trainer, run.checkpoints)
-    student = merged(trainer.model, recipe.lora)
+    def trained_student(model: torch.nn.Module, checkpoints: Path, ce_weight: float, on_policy_fraction: float):
+        """``model`` trained on the curriculum's schedule (the same for the KD student and the SFT baseline), with
+        checkpoints in ``checkpoints``; returns it (LoRA merged) and how its training went."""
+        model = with_lora(model, recipe.lora, task_type="CAUSAL_LM")
+        learnable = causal_learnability(plan, lambda: trainer.model, train_rows, collate, cfg.eval_batch_size, device)
+        trainer = ScheduledLogitDistillTrainer(
+            sampler=plan.sampler(cfg.steps, args.train_batch_size * cfg.grad_accum * args.world_size, cfg.seed, learnable),
+            model=model,
+            args=training_arguments(recipe, checkpoints, device, remove_unused_columns=not cfg.teacher_cache),
+            train_dataset=Dataset.from_list(train_rows),
+            data_collator=train_collate,
+            processing_class=tok,
+            teacher=teacher,
+            temperature=cfg.temperature,
+            ce_weight=ce_weight,
+            div=divergence(cfg.loss, cfg.jsd_beta, cfg.skew_alpha),
+            on_policy_fraction=on_policy_fraction,
+            max_new_tokens=cfg.max_new_tokens,
+        )
+        trained = train_timed(trainer, checkpoints)
+        return merged(trainer.model, recipe.lora), trained
+
+    student, trained = trained_student(student, run.checkpoints, cfg.ce_weight, cfg.on_policy_fraction)
     if not trained.main_process:
         return {}
     save_pretrained(student, tok, run.student)
-    after = evaluate(student)
+    after, student_parameters = evaluate(student), parameter_count(student)
+    baseline = None
+    if cfg.baseline == "sft":
+        del student
+        torch.manual_seed(cfg.seed)
+        sft, sft_trained = trained_student(load_causal_lm(student_spec, device), run.checkpoints_sft, 1.0, 0.0)
+        save_pretrained(sft, tok, run.student_sft)
+        baseline = {"kind": "sft", "path": run.relative(run.student_sft), "train_seconds": round(sft_trained.seconds, 2),
+                    "eval": evaluate(sft)}
     teacher_parameters = parameter_count(teacher) if teacher else cache_info["teacher_parameters"]
-    return trained.report(device, teacher_parameters, parameter_count(student)) | {
+    return trained.report(device, teacher_parameters, student_parameters) | {
         "examples": prepared.counts | {"train": len(train_rows), "heldout": len(eval_rows)},
         "loss": {"kd": _loss_name(cfg), "temperature": cfg.temperature, "ce_weight": cfg.ce_weight,
                  "mode": cfg.mode, "on_policy_fraction": cfg.on_policy_fraction},
@@ -315,6 +334,7 @@ def distill_causal_lm(run: RunDir) -> dict:
         "curriculum": plan.report(),
         "eval_before": before,
         "eval": after,
+        "baseline": baseline,
         "parity_prompts": [prompt_text(ex, tok, recipe.data.chat_template) for ex in prepared.heldout],
     }
 

@@ -44,3 +44,18 @@ def agreement(student: np.ndarray, teacher: np.ndarray) -> dict[str, float]:
     if student.shape[1] == teacher.shape[1]:
         out = {"mean_cosine": mean_cosine(student, teacher)} | out
     return out
+
+
+def rouge_l(candidate: str, reference: str) -> float:
+    """ROUGE-L F1 of two texts over whitespace tokens: the longest common subsequence, as recall and precision
+    combined (Lin 2004, "ROUGE: A Package for Automatic Evaluation of Summaries"; β = 1)."""
+    c, r = candidate.lower().split(), reference.lower().split()
+    if not c or not r:
+        return float(c == r)
+    row = [0] * (len(r) + 1)
+    for word in c:
+        diagonal = 0
+        for j, other in enumerate(r, 1):
+            diagonal, row[j] = row[j], diagonal + 1 if word == other else max(row[j], row[j - 1])
+    lcs = row[-1]
+    return 0.0 if lcs == 0 else 2 * lcs / (len(c) + len(r))

@@ -71,10 +71,14 @@ def preflight(recipe: Recipe, ram: int | None = None) -> list[Finding]:
 def _tokenizers(recipe: Recipe) -> list[Finding]:
     from transformers import AutoTokenizer
 
-    from .causal_lm import chat_template_difference, check_tokenizers
+    from .causal_lm import chat_template_difference
+    from .cross_flow import cross_method
 
     student = AutoTokenizer.from_pretrained(student_path(recipe))
-    check_tokenizers(recipe.teacher.path, student)
+    method, why = cross_method(recipe)
+    if method != "same":
+        name = {"uld": "ULD (Boizard et al. 2024)", "hybrid": "hybrid (GOLD: KL on same-text tokens, ULD on the rest)"}
+        return [Finding(f"tokenizers: cross-tokenizer distillation with {name[method]}: {why}")]
     findings = [Finding(f"tokenizers: teacher and student share one vocabulary ({len(student)} tokens)")]
     tables = [json.loads((Path(p) / "config.json").read_text()).get("vocab_size") for p in (recipe.teacher.path, student_path(recipe))]
     if None not in tables and tables[0] != tables[1]:

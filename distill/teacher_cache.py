@@ -70,9 +70,18 @@ def teacher_weight_hashes(folder: str, known: dict | None = None) -> dict[str, s
     return hashes
 
 
-def provenance(recipe: Recipe, tok: PreTrainedTokenizerBase, rows: list[dict], known: dict | None = None) -> dict:
-    """What a cache is made from; two caches with the same ``hash`` hold the same numbers."""
-    backend = getattr(tok, "backend_tokenizer", None)
+def provenance(
+    recipe: Recipe,
+    tok: PreTrainedTokenizerBase,
+    rows: list[dict],
+    known: dict | None = None,
+    student_tok: PreTrainedTokenizerBase | None = None,
+) -> dict:
+    """What a cache is made from; two caches with the same ``hash`` hold the same numbers.
+
+    ``student_tok`` is given when the student's tokenizer differs from the teacher's (``tok``): the cached
+    character spans are aligned with it at training time, so it is recorded too.
+    """
     data = hashlib.sha256()
     for row in sorted(rows, key=lambda r: r["id"]):
         data.update(json.dumps([row["id"], row["input_ids"], row["labels"]]).encode())
@@ -82,15 +91,22 @@ def provenance(recipe: Recipe, tok: PreTrainedTokenizerBase, rows: list[dict], k
         "teacher_revision": recipe.teacher.revision,
         "teacher_dtype": recipe.teacher.dtype,
         "teacher_weights": weights,
-        "tokenizer": _sha256(backend.to_str().encode() if backend else json.dumps(tok.get_vocab(), sort_keys=True).encode()),
+        "tokenizer": tokenizer_hash(tok),
         "chat_template": _sha256((tok.chat_template or "").encode()),
         "max_seq_len": recipe.distill.max_seq_len,
         "top_k": recipe.distill.cache_top_k,
         "temperature": recipe.distill.temperature,
         "data": {"examples": len(rows), "sha256": data.hexdigest()},
     }
+    if student_tok is not None:
+        parts["student_tokenizer"] = tokenizer_hash(student_tok)
     hashed = {k: ({f: w["sha256"] for f, w in v.items()} if k == "teacher_weights" and "hub" not in v else v) for k, v in parts.items()}
     return parts | {"hash": _sha256(json.dumps(hashed, sort_keys=True).encode())}
+
+
+def tokenizer_hash(tok: PreTrainedTokenizerBase) -> str:
+    backend = getattr(tok, "backend_tokenizer", None)
+    return _sha256(backend.to_str().encode() if backend else json.dumps(tok.get_vocab(), sort_keys=True).encode())
 
 
 def changes(old: dict, new: dict) -> list[str]:
@@ -100,6 +116,7 @@ def changes(old: dict, new: dict) -> list[str]:
         "teacher_revision": "teacher revision",
         "teacher_dtype": "teacher dtype",
         "tokenizer": "tokenizer",
+        "student_tokenizer": "student tokenizer",
         "chat_template": "chat template",
         "max_seq_len": "distill.max_seq_len",
         "top_k": "distill.cache_top_k",
@@ -138,6 +155,11 @@ class TeacherCache:
             self._open[shard] = safe_open(self.folder / shard, framework="pt")
         f = self._open[shard]
         return f.get_tensor(f"{example_id}/ids"), f.get_tensor(f"{example_id}/logits"), f.get_tensor(f"{example_id}/stats")
+
+    def offsets(self, example_id: str) -> torch.Tensor:
+        """[n, 2] character spans of the example's n cached tokens (caches for a student with another tokenizer)."""
+        self.get(example_id)
+        return self._open[self.index[example_id]].get_tensor(f"{example_id}/offsets")
 
     def statistics(self, example_ids: list[str]) -> list[dict[str, float]]:
         """Each example's :func:`cached_statistics`, without the teacher."""
@@ -234,6 +256,8 @@ def build_cache(
             for row, seq_logits, seq_targets in zip(chunk, logits, targets):
                 ids, top, stats = cache_rows(seq_logits, seq_targets, k, vocab, temperature)
                 tensors |= {f"{row['id']}/ids": ids.cpu(), f"{row['id']}/logits": top.cpu(), f"{row['id']}/stats": stats.cpu()}
+                if "target_offsets" in row:  # the teacher's token spans, aligned with the student's at training time
+                    tensors[f"{row['id']}/offsets"] = torch.tensor(row["target_offsets"], dtype=torch.int32).reshape(-1, 2)
         name = f"shard-{number:05d}.safetensors"
         tmp = folder / f".{name}.tmp"
         save_file(tensors, str(tmp))
@@ -257,10 +281,14 @@ def ensure_cache(
     load_teacher: Callable[[], torch.nn.Module],
     collate: Callable,
     device: torch.device,
+    student_tok: PreTrainedTokenizerBase | None = None,
 ) -> tuple[TeacherCache, dict]:
-    """A complete, current cache for ``rows``: reused, built (loading the teacher), or rebuilt when stale."""
+    """A complete, current cache for ``rows``: reused, built (loading the teacher), or rebuilt when stale.
+
+    ``tok`` is the teacher's tokenizer; ``student_tok`` the student's when it differs (see :func:`provenance`).
+    """
     old = json.loads((folder / "provenance.json").read_text()) if (folder / "provenance.json").is_file() else None
-    prov = provenance(recipe, tok, rows, old)
+    prov = provenance(recipe, tok, rows, old, student_tok)
     info = {"folder": folder.name, "top_k": recipe.distill.cache_top_k, "hash": prov["hash"], "built_seconds": None}
     if old is not None and old["hash"] == prov["hash"] and old.get("complete"):
         console.print(f"teacher cache: reusing {folder} ({prov['hash'][:12]})")

@@ -125,14 +125,19 @@ class LogitDistillTrainer(Trainer):
             with torch.no_grad():
                 teacher_logits = self.teacher(**inputs).logits
             loss_sum, _, _ = kd_loss_sum(outputs.logits, teacher_logits, labels, self.temperature, self.ce_weight, self.div)
-        local_tokens = labels[:, 1:].ne(-100).sum()
-        denominator = num_items_in_batch if num_items_in_batch is not None else local_tokens.clamp(min=1)
-        loss = loss_sum / denominator
+        loss = self.per_token(loss_sum, labels, num_items_in_batch)
         if on_policy:
             loss = loss / self.args.gradient_accumulation_steps
+        return (loss, outputs) if return_outputs else loss
+
+    def per_token(self, loss_sum: torch.Tensor, labels: torch.Tensor, num_items_in_batch) -> torch.Tensor:
+        """The summed loss over the trained tokens of the optimizer step (this micro-batch's when not counted)."""
+        local_tokens = labels[:, 1:].ne(IGNORE_INDEX).sum()
+        denominator = num_items_in_batch if num_items_in_batch is not None else local_tokens.clamp(min=1)
+        loss = loss_sum / denominator
         if self.args.average_tokens_across_devices and self.args.world_size > 1 and num_items_in_batch is not None:
             loss = loss * self.args.world_size  # DDP averages gradients over processes; the denominator is global
-        return (loss, outputs) if return_outputs else loss
+        return loss
 
 
 TEACHER_RUN_TERMS = ("tokens", "attention")  # need the teacher's token vectors or attention inputs on each batch

@@ -17,6 +17,7 @@ from rich.markup import escape
 from . import boundary
 from .boundary import guard
 from .core.errors import MinnowError
+from .core.recipe import Recipe
 from .core.rundir import RunDir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__)
@@ -39,6 +40,15 @@ def _logged(run: RunDir) -> RunDir:
     return run
 
 
+def _load(recipe: Path) -> Recipe:
+    """The recipe, validated, with any `.gguf` model converted (once, cached) to the folder every stage reads."""
+    from minnow.distill.gguf import with_gguf_folders
+
+    from .core.recipe import load_recipe
+
+    return with_gguf_folders(load_recipe(recipe), recipe)
+
+
 @app.command()
 @guard
 def validate(recipe: RecipeArg) -> None:
@@ -46,9 +56,9 @@ def validate(recipe: RecipeArg) -> None:
     from minnow.distill.data import check_data
     from minnow.distill.preflight import preflight
 
-    from .core.recipe import load_recipe, to_yaml
+    from .core.recipe import to_yaml
 
-    loaded = load_recipe(recipe)
+    loaded = _load(recipe)
     summary = check_data(loaded)
     findings = preflight(loaded)
     typer.echo(to_yaml(loaded), nl=False)
@@ -64,8 +74,8 @@ def init(
     data_file: Annotated[Path, typer.Argument(help="Data file: .jsonl .json .csv .parquet .txt.", show_default=False)],
     output: Annotated[Path, typer.Option(help="Recipe file to write.")] = Path("recipe.yaml"),
     task: Annotated[str, typer.Option(help="causal-lm (generate text) or embedding (embed text).")] = "causal-lm",
-    teacher: Annotated[str | None, typer.Option(help="Teacher: hub id, local folder or package: reference.")] = None,
-    student: Annotated[str | None, typer.Option(help="Student: hub id, local folder or package: reference.")] = None,
+    teacher: Annotated[str | None, typer.Option(help="Teacher: hub id, local folder, .gguf file or package: reference.")] = None,
+    student: Annotated[str | None, typer.Option(help="Student: hub id, local folder, .gguf file or package: reference.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUTPUT if it exists.")] = False,
 ) -> None:
     """Look at a data file and write a commented starter recipe for it."""
@@ -86,7 +96,6 @@ def schema(
     import json
 
     from .core import atomic
-    from .core.recipe import Recipe
 
     text = json.dumps(Recipe.model_json_schema(), indent=2, ensure_ascii=False) + "\n"
     if output is None:
@@ -105,11 +114,9 @@ def run(
 ) -> None:
     """validate → distill → export → report (→ demo with --serve)."""
     from . import pipeline
-    from .core.recipe import load_recipe
-
     if (recipe is None) == (resume is None):
         raise MinnowError("give a RECIPE to start a run, or --resume RUN_DIR to continue one")
-    run_dir = _logged(RunDir.open(resume).healed() if resume else RunDir.create(load_recipe(recipe)))
+    run_dir = _logged(RunDir.open(resume).healed() if resume else RunDir.create(_load(recipe)))
     err.print(f"run directory: {run_dir.path}", soft_wrap=True, highlight=False)
     if not pipeline.is_distilled(run_dir):
         with pipeline.removed_on_error(run_dir, unless=resume is not None):
@@ -128,9 +135,7 @@ def run(
 def distill_cmd(recipe: RecipeArg) -> None:
     """Only the distill stage: make a run directory with the trained student."""
     from . import pipeline
-    from .core.recipe import load_recipe
-
-    run_dir = _logged(RunDir.create(load_recipe(recipe)))
+    run_dir = _logged(RunDir.create(_load(recipe)))
     with pipeline.removed_on_error(run_dir):
         pipeline.distill(run_dir)
     typer.echo(str(run_dir.path))
@@ -141,9 +146,8 @@ def distill_cmd(recipe: RecipeArg) -> None:
 def teacher_cache_cmd(recipe: RecipeArg) -> None:
     """Only the teacher-cache stage: a run directory whose teacher_cache/ holds the teacher's top-k logits."""
     from . import pipeline
-    from .core.recipe import load_recipe
 
-    loaded = load_recipe(recipe)
+    loaded = _load(recipe)
     if loaded.task != "causal-lm" or not loaded.distill.teacher_cache:
         raise MinnowError(f"{recipe}: distill.teacher_cache: true is needed (causal-lm recipes) to cache teacher logits")
     run_dir = _logged(RunDir.create(loaded))

@@ -192,8 +192,8 @@ def _student(task: str, teacher: str, student: str | None, base: Path) -> dict[s
 
 
 def _model_ref(ref: str, base: Path) -> str:
-    """A model the user named: a local folder is written relative to the recipe, anything else as given."""
-    if not Path(ref).expanduser().is_dir():
+    """A model the user named: a local folder or `.gguf` file is written relative to the recipe, anything else as given."""
+    if not Path(ref).expanduser().exists():
         return ref
     return os.path.relpath(Path(ref).expanduser().resolve(), base)
 

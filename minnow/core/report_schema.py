@@ -117,6 +117,8 @@ class Distilled(Section):
     teacher_cache: dict[str, Any] | None = None
     tokenizer: dict[str, Any] | None = None
     teacher_responses: str | None = None
+    student_from_teacher: dict[str, Any] | None = Field(None, description="Causal-lm: the cut (layers kept, importance).")
+    baseline: dict[str, Any] | None = Field(None, description="`distill.baseline: sft`: the SFT-only student's figures.")
 
 
 class Report(Section):

@@ -157,6 +157,16 @@ class RunDir:
         return self.path / "student"
 
     @property
+    def checkpoints_sft(self) -> Path:
+        """Checkpoints of the SFT-only baseline student (``distill.baseline: sft``)."""
+        return self.path / "checkpoints_sft"
+
+    @property
+    def student_sft(self) -> Path:
+        """The SFT-only baseline student: same data, steps and starting point as student/, cross-entropy only."""
+        return self.path / "student_sft"
+
+    @property
     def onnx(self) -> Path:
         return self.path / "onnx"
 

@@ -33,11 +33,15 @@ def _mb(n: int | None) -> str:
 
 def _causal_quality(d: Distilled) -> list[str]:
     before, after = d.eval_before, d.eval
+    keys = ("loss", "perplexity", "kl_to_teacher", "top1_agreement")
+    start = "student before (student_init, the undistilled cut)" if d.student_from_teacher else "student before"
     rows = [
         ["teacher", after["teacher"]["loss"], after["teacher"]["perplexity"], 0.0, 1.0],
-        ["student before", *(before["student"][k] for k in ("loss", "perplexity", "kl_to_teacher", "top1_agreement"))],
-        ["student after", *(after["student"][k] for k in ("loss", "perplexity", "kl_to_teacher", "top1_agreement"))],
+        [start, *(before["student"][k] for k in keys)],
+        ["student after", *(after["student"][k] for k in keys)],
     ]
+    if d.baseline:
+        rows.append([f"SFT-only baseline ({d.baseline['path']}, same data and steps)", *(d.baseline["eval"]["student"][k] for k in keys)])
     lines = [f"Held-out: {after['tokens']} response tokens.", ""]
     return lines + _table(["model", "loss", "perplexity", "KL(teacher‖model)", "top-1 agreement with teacher"], rows)
 
@@ -60,6 +64,14 @@ def _engine(d: Distilled) -> list[str]:
         )
     if d.tokenizer:
         lines.append(f"Tokenizer: {d.tokenizer['tokens']} tokens; chat template: {d.tokenizer['chat_template']}.")
+        if cross := d.tokenizer.get("cross_tokenizer"):
+            share = cross["alignment"]
+            lines.append(
+                f"Across tokenizers ({cross['method']}): {cross['why']}. Student tokens aligned exactly "
+                f"{share['exact']:.1%}, by merged spans {share['merged']:.1%}, unaligned {share['unaligned']:.1%}. "
+                "Held-out KL and top-1 agreement are over exactly aligned tokens (KL over same-text tokens); the "
+                "teacher's loss is per its own token (`loss_per_char` in report.json compares the two)."
+            )
     return [line for item in lines for line in (item, "")]
 
 
