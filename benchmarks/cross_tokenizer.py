@@ -104,16 +104,31 @@ def train_arm(recipe, p: dict, cache, arm: str, seed: int, workdir: Path, device
     cfg = recipe.distill
     torch.manual_seed(seed)
     student = load_causal_lm(recipe.student, device)
-    collate = DataCollatorForSeq2Seq(p["student_tok"], padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
-    args = training_arguments(recipe, workdir / f"ckpt-{arm}-{seed}", device, remove_unused_columns=False,
-                              save_strategy="no", logging_steps=max(1, cfg.steps // 5), seed=seed, data_seed=seed,
-                              train_sampling_strategy="random")
+    collate = DataCollatorForSeq2Seq(
+        p["student_tok"], padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt"
+    )
+    args = training_arguments(
+        recipe,
+        workdir / f"ckpt-{arm}-{seed}",
+        device,
+        remove_unused_columns=False,
+        save_strategy="no",
+        logging_steps=max(1, cfg.steps // 5),
+        seed=seed,
+        data_seed=seed,
+        train_sampling_strategy="random",
+    )
     table = vocabulary_match(p["student_tok"], p["teacher_tok"])[0] if arm == "hybrid" else None
     plain = lambda rows: collate([{k: r[k] for k in ("input_ids", "attention_mask", "labels")} for r in rows])  # noqa: E731
     trainer = CrossTokenizerTrainer(
-        model=student, args=args, train_dataset=Dataset.from_list(p["train_rows"]), processing_class=p["student_tok"],
+        model=student,
+        args=args,
+        train_dataset=Dataset.from_list(p["train_rows"]),
+        processing_class=p["student_tok"],
         data_collator=plain if arm == "sft" else CrossTokenizerCollator(collate, cache, cfg.temperature, cfg.eos_kd),
-        temperature=cfg.temperature, ce_weight=1.0 if arm == "sft" else cfg.ce_weight, teacher_to_student=table,
+        temperature=cfg.temperature,
+        ce_weight=1.0 if arm == "sft" else cfg.ce_weight,
+        teacher_to_student=table,
     )
     started = time.perf_counter()
     trainer.train()
@@ -131,7 +146,9 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per held-out prompt (ROUGE-L)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/cross-tok"))
-    parser.add_argument("--no-eos-kd", action="store_true", help="distill.eos_kd: false (the EOS pair trained by CE only)")
+    parser.add_argument(
+        "--no-eos-kd", action="store_true", help="distill.eos_kd: false (the EOS pair trained by CE only)"
+    )
     parser.add_argument("--name", default="cross_tokenizer", help="results file stem in benchmarks/results/")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared, oversubscribed CPU)")
     args = parser.parse_args()
@@ -162,12 +179,21 @@ def main() -> None:
         started = time.perf_counter()
         cache, info = cache_teacher_cross(Run(recipe, args.workdir / "teacher_cache"), p, device)
         setup.setdefault("cache_seconds", info["built_seconds"] or round(time.perf_counter() - started, 1))
-        setup |= {"method_auto": p["why"], "alignment": p["alignment"], "train_rows": len(p["train_rows"]),
-                  "heldout_rows": len(p["eval_rows"]), "top_k": recipe.distill.cache_top_k}
+        setup |= {
+            "method_auto": p["why"],
+            "alignment": p["alignment"],
+            "train_rows": len(p["train_rows"]),
+            "heldout_rows": len(p["eval_rows"]),
+            "top_k": recipe.distill.cache_top_k,
+        }
         by_id = {ex["id"]: ex for ex in p["heldout"]}
-        prompts = {r["id"]: prompt_of(by_id[r["id"]], p["student_tok"], recipe.data.chat_template) for r in p["eval_rows"]}
+        prompts = {
+            r["id"]: prompt_of(by_id[r["id"]], p["student_tok"], recipe.data.chat_template) for r in p["eval_rows"]
+        }
         teacher_answers = {i: by_id[i]["response"] for i in prompts}  # the data is the teacher's greedy text
-        collate = DataCollatorForSeq2Seq(p["student_tok"], padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
+        collate = DataCollatorForSeq2Seq(
+            p["student_tok"], padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt"
+        )
         table = vocabulary_match(p["student_tok"], p["teacher_tok"])[0]
         eval_collate = CrossTokenizerCollator(collate, cache, 1.0, recipe.distill.eos_kd)
         for arm in ARMS:
@@ -178,9 +204,18 @@ def main() -> None:
             ev = evaluate_cross(student, p["eval_rows"], eval_collate, table, recipe.distill.eval_batch_size, device)
             answers = greedy(student, p["student_tok"], list(prompts.values()), args.new_tokens, device)
             rouge = statistics.fmean(rouge_l(a, teacher_answers[i]) for i, a in zip(prompts, answers))
-            done[key] = {"arm": arm, "seed": seed, "step_seconds": step_seconds, "rouge_l": rouge, "eval": ev,
-                         "example_answer": {"prompt": next(iter(prompts.values())), "student": answers[0],
-                                            "teacher": teacher_answers[next(iter(prompts))]}}
+            done[key] = {
+                "arm": arm,
+                "seed": seed,
+                "step_seconds": step_seconds,
+                "rouge_l": rouge,
+                "eval": ev,
+                "example_answer": {
+                    "prompt": next(iter(prompts.values())),
+                    "student": answers[0],
+                    "teacher": teacher_answers[next(iter(prompts))],
+                },
+            }
             partial.write_text(json.dumps(done, indent=1, ensure_ascii=False))
             print(key, f"loss {ev['student']['loss']:.4f} rouge {rouge:.3f} {step_seconds:.2f}s/step", flush=True)
             del student
@@ -197,16 +232,31 @@ def write_results(args, setup: dict, done: dict) -> None:
         "rouge_l_vs_teacher": lambda v: v["rouge_l"],
         "step_seconds": lambda v: v["step_seconds"],
     }
-    arms = {arm: {name: [f(done[f"{arm}/{s}"]) for s in seeds if f"{arm}/{s}" in done] for name, f in metric.items()} for arm in ARMS}
+    arms = {
+        arm: {name: [f(done[f"{arm}/{s}"]) for s in seeds if f"{arm}/{s}" in done] for name, f in metric.items()}
+        for arm in ARMS
+    }
     paired = {}
     for arm in ("uld", "hybrid"):
         both = [s for s in seeds if f"{arm}/{s}" in done and f"sft/{s}" in done]
         paired[arm] = {
-            name: interval([f(done[f"{arm}/{s}"]) - f(done[f"sft/{s}"]) for s in both]) for name, f in metric.items() if name != "step_seconds"
-        } | {"step_cost_vs_sft": interval([done[f"{arm}/{s}"]["step_seconds"] / done[f"sft/{s}"]["step_seconds"] for s in both])}
+            name: interval([f(done[f"{arm}/{s}"]) - f(done[f"sft/{s}"]) for s in both])
+            for name, f in metric.items()
+            if name != "step_seconds"
+        } | {
+            "step_cost_vs_sft": interval(
+                [done[f"{arm}/{s}"]["step_seconds"] / done[f"sft/{s}"]["step_seconds"] for s in both]
+            )
+        }
     teacher = next(iter(done.values()))["eval"]["teacher"] if done else {}
-    result = {"settings": vars(args) | {"workdir": str(args.workdir)}, "setup": setup, "teacher_heldout": teacher,
-              "arms": arms, "vs_sft": paired, "runs": done}
+    result = {
+        "settings": vars(args) | {"workdir": str(args.workdir)},
+        "setup": setup,
+        "teacher_heldout": teacher,
+        "arms": arms,
+        "vs_sft": paired,
+        "runs": done,
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1, ensure_ascii=False, default=str))
     (RESULTS / f"{args.name}.md").write_text(markdown(result))
@@ -230,13 +280,20 @@ def markdown(r: dict) -> str:
     for arm, m in r["arms"].items():
         cells = [f"{statistics.fmean(v):.4f} ± {statistics.stdev(v) if len(v) > 1 else 0:.4f}" for v in m.values()]
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-    lines += ["", "Mean ± standard deviation over seeds. Differences to SFT-only, paired by seed, mean [95% t-interval]:", "",
-              "| arm | Δ held-out loss | Δ loss per char | Δ ROUGE-L | step cost vs SFT |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Mean ± standard deviation over seeds. Differences to SFT-only, paired by seed, mean [95% t-interval]:",
+        "",
+        "| arm | Δ held-out loss | Δ loss per char | Δ ROUGE-L | step cost vs SFT |",
+        "|---|---|---|---|---|",
+    ]
     for arm, d in r["vs_sft"].items():
         cell = lambda x: f"{x['mean']:+.4f} [{x['low']:+.4f}, {x['high']:+.4f}]"  # noqa: E731
         cost = d["step_cost_vs_sft"]
-        lines.append(f"| {arm} | {cell(d['heldout_loss'])} | {cell(d['heldout_loss_per_char'])} | {cell(d['rouge_l_vs_teacher'])} "
-                     f"| {cost['mean']:.2f}x [{cost['low']:.2f}, {cost['high']:.2f}] |")
+        lines.append(
+            f"| {arm} | {cell(d['heldout_loss'])} | {cell(d['heldout_loss_per_char'])} | {cell(d['rouge_l_vs_teacher'])} "
+            f"| {cost['mean']:.2f}x [{cost['low']:.2f}, {cost['high']:.2f}] |"
+        )
     return "\n".join(lines) + "\n"
 
 

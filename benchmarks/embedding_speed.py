@@ -72,8 +72,15 @@ def main() -> None:
             rounds = [{n: timed(fn, texts) for n, fn in encode.items()} for _ in range(args.rounds)]
             for n in encode:
                 ratios = [r[n] / r["teacher (PyTorch)"] for r in rounds]
-                results.append({"threads": threads, "variant": n, "sentences_per_s": statistics.median(r[n] for r in rounds),
-                                "speedup_vs_teacher": statistics.median(ratios), "ratios": ratios})
+                results.append(
+                    {
+                        "threads": threads,
+                        "variant": n,
+                        "sentences_per_s": statistics.median(r[n] for r in rounds),
+                        "speedup_vs_teacher": statistics.median(ratios),
+                        "ratios": ratios,
+                    }
+                )
     load = os.getloadavg()
     md = [
         "# Embedding speed: teacher vs student shapes, PyTorch vs fused ONNX",
@@ -87,8 +94,12 @@ def main() -> None:
         "",
         "| threads | variant | sentences/s (median) | × teacher PyTorch (median ratio) | per-round ratios |",
         "|---|---|---|---|---|",
-        *(f"| {r['threads']} | {r['variant']} | {r['sentences_per_s']:.1f} | **{r['speedup_vs_teacher']:.2f}x** | "
-          + ", ".join(f"{x:.2f}" for x in r["ratios"]) + " |" for r in results),
+        *(
+            f"| {r['threads']} | {r['variant']} | {r['sentences_per_s']:.1f} | **{r['speedup_vs_teacher']:.2f}x** | "
+            + ", ".join(f"{x:.2f}" for x in r["ratios"])
+            + " |"
+            for r in results
+        ),
         "",
     ]
     args.out.mkdir(parents=True, exist_ok=True)

@@ -68,7 +68,12 @@ def plot(results: list[dict], out: Path) -> None:
     for r in results:
         v = r["variants"]["variants"]["student ONNX int8"]
         ax.scatter(v["speedup_vs_teacher"], v["top10_overlap"], s=60)
-        ax.annotate(f"layers {r['layers']}", (v["speedup_vs_teacher"], v["top10_overlap"]), textcoords="offset points", xytext=(6, 4))
+        ax.annotate(
+            f"layers {r['layers']}",
+            (v["speedup_vs_teacher"], v["top10_overlap"]),
+            textcoords="offset points",
+            xytext=(6, 4),
+        )
     ax.axvline(TARGETS["speedup"], ls="--", c="grey")
     ax.axhline(TARGETS["top10_overlap"], ls="--", c="grey")
     ax.set_xlabel("student ONNX int8 throughput / teacher PyTorch")

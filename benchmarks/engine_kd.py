@@ -40,7 +40,9 @@ def build_models(root: Path, teacher_hidden: int, teacher_layers: int, teacher_s
     if all(p.exists() for p in paths.values()):
         return paths
     rows = support_tickets(600, seed=0)
-    chats = [f"<|im_start|>user\n{r['prompt']}<|im_end|>\n<|im_start|>assistant\n{r['response']}<|im_end|>\n" for r in rows]
+    chats = [
+        f"<|im_start|>user\n{r['prompt']}<|im_end|>\n<|im_start|>assistant\n{r['response']}<|im_end|>\n" for r in rows
+    ]
     tok = train_tokenizer(chats)
     torch.manual_seed(0)
     teacher = AutoModelForCausalLM.from_config(_config("qwen2", len(tok), teacher_hidden, teacher_layers, tok))
@@ -61,8 +63,15 @@ def recipe(paths: dict[str, Path], runs: Path, name: str, steps: int, **distill)
         "teacher": {"path": str(paths["teacher"])},
         "student": {"path": str(paths["student"])},
         "data": {"path": str(paths["data"]), "prompt_field": "prompt", "response_field": "response", "heldout": 32},
-        "distill": {"steps": steps, "lr": 0.003, "batch_size": 8, "save_steps": 10_000, "max_seq_len": 128,
-                    "device": "cpu"} | distill,
+        "distill": {
+            "steps": steps,
+            "lr": 0.003,
+            "batch_size": 8,
+            "save_steps": 10_000,
+            "max_seq_len": 128,
+            "device": "cpu",
+        }
+        | distill,
         "curriculum": {"order": "random"},
         "export": {"precisions": ["fp32"]},
         "runs_dir": str(runs),
@@ -105,12 +114,19 @@ def arm(rec: dict, folder: Path, cached: bool) -> dict:
     run = new_run(rec, folder)
     result = {}
     if cached:
-        cache = measured([sys.executable, "-c", TRAIN_ONE.replace("pipeline.distill", "pipeline.teacher_cache"), str(run)])
+        cache = measured(
+            [sys.executable, "-c", TRAIN_ONE.replace("pipeline.distill", "pipeline.teacher_cache"), str(run)]
+        )
         result["cache_build"] = {k: cache[k] for k in ("seconds", "peak_rss_mb")}
     train = measured([sys.executable, "-c", TRAIN_ONE, str(run)])
     report = json.loads((run / "report.json").read_text())["distill"]
-    return result | {"run": str(run), "process_seconds": train["seconds"], "peak_rss_mb": train["peak_rss_mb"],
-                     "train_seconds": report["train_seconds"], "steps": report["steps"]}
+    return result | {
+        "run": str(run),
+        "process_seconds": train["seconds"],
+        "peak_rss_mb": train["peak_rss_mb"],
+        "train_seconds": report["train_seconds"],
+        "steps": report["steps"],
+    }
 
 
 def trained_tokens(rec: dict, steps: int) -> int:
@@ -168,9 +184,18 @@ def main() -> None:
         "cached_vs_online_kl_change": ca["heldout"]["kl_to_teacher"] / on["heldout"]["kl_to_teacher"] - 1,
         "kd_vs_sft_kl_reduction": 1 - on["heldout"]["kl_to_teacher"] / sft["heldout"]["kl_to_teacher"],
     }
-    params = {name: sum(t.numel() for t in load_file(str(paths[name] / "model.safetensors")).values()) for name in ("teacher", "student")}
-    out = {"args": {k: str(v) for k, v in vars(args).items()}, "parameters": params, "arms": results, "summary": summary,
-           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    params = {
+        name: sum(t.numel() for t in load_file(str(paths[name] / "model.safetensors")).values())
+        for name in ("teacher", "student")
+    }
+    out = {
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "parameters": params,
+        "arms": results,
+        "summary": summary,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "engine_kd.json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(summary, indent=2))

@@ -45,9 +45,19 @@ class StepTimer(TrainerCallback):
 
 
 def common(out: Path, steps: int) -> dict:
-    return dict(output_dir=str(out), max_steps=steps, per_device_train_batch_size=8, learning_rate=1e-3,
-                lr_scheduler_type="constant", use_cpu=True, report_to="none", save_strategy="no",
-                logging_steps=steps, seed=0, dataloader_num_workers=0)
+    return dict(
+        output_dir=str(out),
+        max_steps=steps,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        lr_scheduler_type="constant",
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=steps,
+        seed=0,
+        dataloader_num_workers=0,
+    )
 
 
 def minnow_arm(pair: dict, rows: list[dict], steps: int, out: Path) -> list[float]:
@@ -78,7 +88,10 @@ def trl_arm(pair: dict, rows: list[dict], steps: int, out: Path) -> list[float]:
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     tok = AutoTokenizer.from_pretrained(pair["student"])
-    messages = [{"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}]} for r in rows]
+    messages = [
+        {"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}]}
+        for r in rows
+    ]
     timer = StepTimer()
     trainer = GKDTrainer(
         model=AutoModelForCausalLM.from_pretrained(pair["student"]),

@@ -30,7 +30,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 PROMPT_TOKENS = 64
 # name → builder extra options (the export's defaults are the first row)
 SETTINGS = {
-    "int4, lm_head int8, accuracy 4 (minnow default)": ["block_size=32", "accuracy_level=4", "matmul_mixed_precision=last_matmul:int8"],
+    "int4, lm_head int8, accuracy 4 (minnow default)": [
+        "block_size=32",
+        "accuracy_level=4",
+        "matmul_mixed_precision=last_matmul:int8",
+    ],
     "int4, lm_head int4, accuracy 4": ["block_size=32", "accuracy_level=4"],
     "int4, lm_head int4, accuracy 4, block 128": ["block_size=128", "accuracy_level=4"],
 }
@@ -42,9 +46,17 @@ def build_student(folder: Path) -> None:
 
     tokenizer = train_tokenizer([r["prompt"] + " " + r["response"] for r in support_tickets(200)])
     config = Qwen2Config(
-        vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-        num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True, rope_theta=1e6,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        rope_theta=1e6,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
@@ -105,7 +117,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--work", type=Path, default=None, help="Keep the student and exports here (reused if present).")
+    parser.add_argument(
+        "--work", type=Path, default=None, help="Keep the student and exports here (reused if present)."
+    )
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS), help="Which int4 settings to export.")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="minnow-export-speed-"))
@@ -134,7 +148,9 @@ def main() -> None:
         for round_ in range(args.rounds):
             for name in speeds[threads]:
                 tokens = args.decode_tokens
-                speed = torch_decode(model, tokens) if name == "PyTorch fp32" else onnx_decode(onnx_models[name], tokens)
+                speed = (
+                    torch_decode(model, tokens) if name == "PyTorch fp32" else onnx_decode(onnx_models[name], tokens)
+                )
                 speeds[threads][name].append(speed)
                 print(f"{threads} threads, round {round_ + 1}: {name}: {speed:.2f} tok/s", flush=True)
         del onnx_models

@@ -75,9 +75,12 @@ def tokenize(ex: Example, tok: PreTrainedTokenizerBase, chat_template: bool, max
         ids = tok(ex["text"], add_special_tokens=True)["input_ids"] + [tok.eos_token_id]
         prompt_len = 0
     elif chat_template and tok.chat_template:
-        prompt = tok.apply_chat_template([{"role": "user", "content": ex["prompt"]}], add_generation_prompt=True, tokenize=False)
+        prompt = tok.apply_chat_template(
+            [{"role": "user", "content": ex["prompt"]}], add_generation_prompt=True, tokenize=False
+        )
         full = tok.apply_chat_template(
-            [{"role": "user", "content": ex["prompt"]}, {"role": "assistant", "content": ex["response"]}], tokenize=False
+            [{"role": "user", "content": ex["prompt"]}, {"role": "assistant", "content": ex["response"]}],
+            tokenize=False,
         )
         prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
         ids = tok(full, add_special_tokens=False)["input_ids"]
@@ -158,7 +161,9 @@ class Prepared(NamedTuple):
     train: list[Example]
 
 
-def prepare(recipe: Recipe, rewrite: Callable[[list[Example], PreTrainedTokenizerBase], list[Example]] | None = None) -> Prepared:
+def prepare(
+    recipe: Recipe, rewrite: Callable[[list[Example], PreTrainedTokenizerBase], list[Example]] | None = None
+) -> Prepared:
     """Tokenizer check, then train and held-out examples tokenized with their trained-token labels.
 
     ``rewrite`` may replace the training examples first (sequence-level KD swaps in the teacher's responses).
@@ -194,10 +199,18 @@ def teacher_responses(run: RunDir, teacher: Callable[[], torch.nn.Module], devic
 
     def rewrite(train: list[Example], tok: PreTrainedTokenizerBase) -> list[Example]:
         if any("prompt" not in ex for ex in train):
-            raise MinnowError("distill.mode: sequence needs prompt/response data (data.prompt_field, data.response_field)")
+            raise MinnowError(
+                "distill.mode: sequence needs prompt/response data (data.prompt_field, data.response_field)"
+            )
         write = lambda chunk: generate(  # noqa: E731
-            teacher(), tok, [ex["prompt"] for ex in chunk], recipe.data.chat_template, cfg.max_new_tokens,
-            cfg.generation_temperature, cfg.eval_batch_size, device,
+            teacher(),
+            tok,
+            [ex["prompt"] for ex in chunk],
+            recipe.data.chat_template,
+            cfg.max_new_tokens,
+            cfg.generation_temperature,
+            cfg.eval_batch_size,
+            device,
         )
         responses = cached_responses(run.teacher_responses, train, write)
         return [ex | {"response": responses[ex["id"]]} for ex in train]
@@ -213,7 +226,9 @@ def _prepared_with_teacher(run: RunDir, device: torch.device):
     return prepare(recipe, rewrite), teacher
 
 
-def cache_teacher(run: RunDir, prepared: Prepared | None = None, teacher: Callable | None = None) -> tuple[TeacherCache, dict]:
+def cache_teacher(
+    run: RunDir, prepared: Prepared | None = None, teacher: Callable | None = None
+) -> tuple[TeacherCache, dict]:
     """The run's teacher cache over train and held-out rows: reused when current, else built with the teacher."""
     recipe = run.recipe
     device = pick_device(recipe.distill.device)
@@ -232,7 +247,9 @@ def student_from_teacher(run: RunDir, teacher: Callable[[], torch.nn.Module], p:
     info_file = folder / "minnow_pruning.json"
     if not info_file.is_file():
         rows = p.train_rows[: spec.importance_examples]
-        model, info = derive_causal_student(teacher(), spec, list(batches(rows, p.collate, recipe.distill.eval_batch_size, device)))
+        model, info = derive_causal_student(
+            teacher(), spec, list(batches(rows, p.collate, recipe.distill.eval_batch_size, device))
+        )
         with atomic.output_dir(folder) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             p.tok.save_pretrained(tmp)
@@ -266,7 +283,9 @@ def distill_causal_lm(run: RunDir) -> dict:
             if cfg.on_policy_fraction > 0:
                 Console(stderr=True).print(
                     "[yellow]warning:[/] distill.on_policy_fraction > 0: the teacher scores the student's own continuations, "
-                    "so it is loaded next to the student although its logits are cached", highlight=False, soft_wrap=True,
+                    "so it is loaded next to the student although its logits are cached",
+                    highlight=False,
+                    soft_wrap=True,
                 )
                 teacher = load_teacher()
             train_collate = CachedTeacherCollator(collate, cache, cfg.temperature)
@@ -282,9 +301,7 @@ def distill_causal_lm(run: RunDir) -> dict:
         ids = [r["id"] for r in train_rows]
         texts = {ex["id"]: example_text(ex) for ex in prepared.train}
         scorers = causal_scorers(cache or teacher, student, train_rows, collate, cfg.eval_batch_size, device)
-        plan = plan_curriculum(
-            recipe.curriculum, recipe.task, recipe.data, run, ids, [texts[i] for i in ids], scorers
-        )
+        plan = plan_curriculum(recipe.curriculum, recipe.task, recipe.data, run, ids, [texts[i] for i in ids], scorers)
     before = evaluate(student)
 
     def trained_student(model: torch.nn.Module, checkpoints: Path, ce_weight: float, on_policy_fraction: float):
@@ -293,7 +310,9 @@ def distill_causal_lm(run: RunDir) -> dict:
         model = with_lora(model, recipe.lora, task_type="CAUSAL_LM")
         learnable = causal_learnability(plan, lambda: trainer.model, train_rows, collate, cfg.eval_batch_size, device)
         trainer = ScheduledLogitDistillTrainer(
-            sampler=plan.sampler(cfg.steps, args.train_batch_size * cfg.grad_accum * args.world_size, cfg.seed, learnable),
+            sampler=plan.sampler(
+                cfg.steps, args.train_batch_size * cfg.grad_accum * args.world_size, cfg.seed, learnable
+            ),
             model=model,
             args=training_arguments(recipe, checkpoints, device, remove_unused_columns=not cfg.teacher_cache),
             train_dataset=Dataset.from_list(train_rows),
@@ -320,13 +339,22 @@ def distill_causal_lm(run: RunDir) -> dict:
         torch.manual_seed(cfg.seed)
         sft, sft_trained = trained_student(load_causal_lm(student_spec, device), run.checkpoints_sft, 1.0, 0.0)
         save_pretrained(sft, tok, run.student_sft)
-        baseline = {"kind": "sft", "path": run.relative(run.student_sft), "train_seconds": round(sft_trained.seconds, 2),
-                    "eval": evaluate(sft)}
+        baseline = {
+            "kind": "sft",
+            "path": run.relative(run.student_sft),
+            "train_seconds": round(sft_trained.seconds, 2),
+            "eval": evaluate(sft),
+        }
     teacher_parameters = parameter_count(teacher) if teacher else cache_info["teacher_parameters"]
     return trained.report(device, teacher_parameters, student_parameters) | {
         "examples": prepared.counts | {"train": len(train_rows), "heldout": len(eval_rows)},
-        "loss": {"kd": _loss_name(cfg), "temperature": cfg.temperature, "ce_weight": cfg.ce_weight,
-                 "mode": cfg.mode, "on_policy_fraction": cfg.on_policy_fraction},
+        "loss": {
+            "kd": _loss_name(cfg),
+            "temperature": cfg.temperature,
+            "ce_weight": cfg.ce_weight,
+            "mode": cfg.mode,
+            "on_policy_fraction": cfg.on_policy_fraction,
+        },
         "teacher_responses": run.relative(run.teacher_responses) if cfg.mode == "sequence" else None,
         "teacher_cache": cache_info if cache else None,
         "student_from_teacher": derived,
@@ -340,5 +368,9 @@ def distill_causal_lm(run: RunDir) -> dict:
 
 
 def _loss_name(cfg) -> str:
-    extra = {"jsd": f"(β={cfg.jsd_beta})", "skew_kl": f"(α={cfg.skew_alpha})", "skew_reverse_kl": f"(α={cfg.skew_alpha})"}
+    extra = {
+        "jsd": f"(β={cfg.jsd_beta})",
+        "skew_kl": f"(α={cfg.skew_alpha})",
+        "skew_reverse_kl": f"(α={cfg.skew_alpha})",
+    }
     return cfg.loss + extra.get(cfg.loss, "")

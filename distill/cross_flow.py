@@ -64,7 +64,9 @@ def cross_method(
     cfg = recipe.distill
     if method != "same":
         if not cfg.teacher_cache:
-            raise MinnowError(f"{why}; cross-tokenizer distillation reads the teacher from its cache: set distill.teacher_cache: true")
+            raise MinnowError(
+                f"{why}; cross-tokenizer distillation reads the teacher from its cache: set distill.teacher_cache: true"
+            )
         if cfg.mode != "logits" or cfg.on_policy_fraction > 0:
             raise MinnowError(f"{why}; distill.mode: sequence and distill.on_policy_fraction need one tokenizer")
     return method, why
@@ -90,7 +92,11 @@ class CrossTokenizerTrainer(LogitDistillTrainer):
 
 @torch.inference_mode()
 def evaluate_cross(
-    student: torch.nn.Module, rows: list[dict], collate: CrossTokenizerCollator, table: torch.Tensor, batch_size: int,
+    student: torch.nn.Module,
+    rows: list[dict],
+    collate: CrossTokenizerCollator,
+    table: torch.Tensor,
+    batch_size: int,
     device: torch.device,
 ) -> dict:
     """Held-out figures across tokenizers (``collate`` at T = 1), see the module docstring."""
@@ -107,16 +113,24 @@ def evaluate_cross(
         log_s = s[mask].float().log_softmax(-1)
         groups = t["group_student"].numel()
         later = t["span_student"]
-        s_scale = span_log_scale(log_s[later].gather(-1, targets[mask][later].unsqueeze(-1)).squeeze(-1), t["span_student_group"], groups)
+        s_scale = span_log_scale(
+            log_s[later].gather(-1, targets[mask][later].unsqueeze(-1)).squeeze(-1), t["span_student_group"], groups
+        )
         t_scale = span_log_scale(t["teacher_target_log_probs"][t["span_teacher"]], t["span_teacher_group"], groups)
         first_s, first_t = log_s[t["group_student"]], t["group_teacher"]
-        sums["uld"] += uld(first_s, t["teacher_log_probs"][first_t], t["teacher_tail"][first_t], s_scale, t_scale).sum().item()
+        sums["uld"] += (
+            uld(first_s, t["teacher_log_probs"][first_t], t["teacher_tail"][first_t], s_scale, t_scale).sum().item()
+        )
         exact = torch.ones(groups, dtype=torch.bool, device=device)
         exact[t["span_student_group"]] = False
         exact[t["span_teacher_group"]] = False
         ids = t["teacher_ids"][first_t][exact]
         zero = torch.zeros(int(exact.sum()), device=device)
-        sums["kl"] += matched_kl(first_s[exact], ids, t["teacher_log_probs"][first_t][exact], zero, zero, table.to(device)).sum().item()
+        sums["kl"] += (
+            matched_kl(first_s[exact], ids, t["teacher_log_probs"][first_t][exact], zero, zero, table.to(device))
+            .sum()
+            .item()
+        )
         sums["agree"] += table.to(device)[ids[:, 0]].eq(first_s[exact].argmax(-1)).sum().item()
         sums["student_nll"] += token_cross_entropy(s, targets)[mask].sum().item()
         sums["teacher_nll"] -= t["teacher_target_log_probs"].sum().item()
@@ -128,7 +142,11 @@ def evaluate_cross(
     n, chars = max(counts["tokens"], 1), max(counts["chars"], 1)
     teacher_loss = sums["teacher_nll"] / max(counts["teacher_tokens"], 1)
     return {
-        "teacher": {"loss": teacher_loss, "perplexity": math.exp(teacher_loss), "loss_per_char": sums["teacher_nll"] / chars},
+        "teacher": {
+            "loss": teacher_loss,
+            "perplexity": math.exp(teacher_loss),
+            "loss_per_char": sums["teacher_nll"] / chars,
+        },
         "student": {
             "loss": sums["student_nll"] / n,
             "perplexity": math.exp(sums["student_nll"] / n),
@@ -164,8 +182,16 @@ def prepare_cross(recipe: Recipe) -> dict:
     if not train_s or not eval_s:
         raise MinnowError("data: no example has response tokens left after truncation to distill.max_seq_len")
     return {
-        "student_tok": student_tok, "teacher_tok": teacher_tok, "method": method, "why": why, "train": train,
-        "heldout": heldout, "counts": counts, "train_rows": train_s, "eval_rows": eval_s, "teacher_rows": train_t + eval_t,
+        "student_tok": student_tok,
+        "teacher_tok": teacher_tok,
+        "method": method,
+        "why": why,
+        "train": train,
+        "heldout": heldout,
+        "counts": counts,
+        "train_rows": train_s,
+        "eval_rows": eval_s,
+        "teacher_rows": train_t + eval_t,
         "alignment": alignment_shares(train_s, train_t),
     }
 
@@ -173,9 +199,13 @@ def prepare_cross(recipe: Recipe) -> dict:
 def cache_teacher_cross(run: RunDir, p: dict, device: torch.device) -> tuple[TeacherCache, dict]:
     """The teacher cache over the teacher's rows, with their token spans; the teacher is loaded only to build it."""
     recipe = run.recipe
-    collate = DataCollatorForSeq2Seq(p["teacher_tok"], padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
+    collate = DataCollatorForSeq2Seq(
+        p["teacher_tok"], padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt"
+    )
     teacher = functools.cache(lambda: load_causal_lm(recipe.teacher, device).eval())
-    return ensure_cache(run.teacher_cache, recipe, p["teacher_tok"], p["teacher_rows"], teacher, collate, device, p["student_tok"])
+    return ensure_cache(
+        run.teacher_cache, recipe, p["teacher_tok"], p["teacher_rows"], teacher, collate, device, p["student_tok"]
+    )
 
 
 def distill_cross_tokenizer(run: RunDir, prompt_text: Callable) -> dict:
@@ -202,9 +232,14 @@ def distill_cross_tokenizer(run: RunDir, prompt_text: Callable) -> dict:
     learnable = causal_learnability(plan, lambda: trainer.model, train_rows, collate, cfg.eval_batch_size, device)
     trainer = ScheduledCrossTokenizerTrainer(
         sampler=plan.sampler(cfg.steps, args.train_batch_size * cfg.grad_accum * args.world_size, cfg.seed, learnable),
-        model=student, args=args, train_dataset=Dataset.from_list(train_rows),
-        data_collator=CrossTokenizerCollator(collate, cache, cfg.temperature, cfg.eos_kd), processing_class=tok,
-        temperature=cfg.temperature, ce_weight=cfg.ce_weight, teacher_to_student=table if p["method"] == "hybrid" else None,
+        model=student,
+        args=args,
+        train_dataset=Dataset.from_list(train_rows),
+        data_collator=CrossTokenizerCollator(collate, cache, cfg.temperature, cfg.eos_kd),
+        processing_class=tok,
+        temperature=cfg.temperature,
+        ce_weight=cfg.ce_weight,
+        teacher_to_student=table if p["method"] == "hybrid" else None,
     )
     trained = train_timed(trainer, run.checkpoints)
     student = merged(trainer.model, recipe.lora)
@@ -213,15 +248,26 @@ def distill_cross_tokenizer(run: RunDir, prompt_text: Callable) -> dict:
     save_pretrained(student, tok, run.student)
     return trained.report(device, cache_info["teacher_parameters"], parameter_count(student)) | {
         "examples": p["counts"] | {"train": len(train_rows), "heldout": len(eval_rows)},
-        "loss": {"kd": p["method"], "temperature": cfg.temperature, "ce_weight": cfg.ce_weight, "mode": cfg.mode,
-                 "on_policy_fraction": 0.0},
+        "loss": {
+            "kd": p["method"],
+            "temperature": cfg.temperature,
+            "ce_weight": cfg.ce_weight,
+            "mode": cfg.mode,
+            "on_policy_fraction": 0.0,
+        },
         "teacher_cache": cache_info,
         "tokenizer": {
             "tokens": len(tok),
             "teacher_tokens": len(p["teacher_tok"]),
-            "chat_template": "the student's renders the text both tokenizers read" if recipe.data.chat_template else "none",
-            "cross_tokenizer": {"method": p["method"], "why": p["why"], "same_text_tokens": matched,
-                                "alignment": p["alignment"]},
+            "chat_template": "the student's renders the text both tokenizers read"
+            if recipe.data.chat_template
+            else "none",
+            "cross_tokenizer": {
+                "method": p["method"],
+                "why": p["why"],
+                "same_text_tokens": matched,
+                "alignment": p["alignment"],
+            },
         },
         "curriculum": plan.report(),
         "eval_before": before,

@@ -99,7 +99,9 @@ def hybrid(
     KL's last bucket lumps together is compared by :func:`sorted_l1`: the teacher's unmatched top-k tokens and
     tail against the student's tokens other than the matched ones.
     """
-    kl = matched_kl(student_log_probs, teacher_ids, teacher_top_log_probs, student_scale, teacher_scale, teacher_to_student)
+    kl = matched_kl(
+        student_log_probs, teacher_ids, teacher_top_log_probs, student_scale, teacher_scale, teacher_to_student
+    )
     mapped = teacher_to_student[teacher_ids.long()]
     matched = mapped.ne(UNMATCHED)
     taken = torch.zeros_like(student_log_probs).scatter_add(-1, mapped.clamp(min=0), matched.float()).gt(0)
@@ -115,8 +117,16 @@ def _log_rest(log_probs: torch.Tensor) -> torch.Tensor:
 
 
 GROUP_KEYS = (
-    "teacher_ids", "teacher_log_probs", "teacher_tail", "teacher_target_log_probs", "group_student", "group_teacher",
-    "span_student", "span_student_group", "span_teacher", "span_teacher_group",
+    "teacher_ids",
+    "teacher_log_probs",
+    "teacher_tail",
+    "teacher_target_log_probs",
+    "group_student",
+    "group_teacher",
+    "span_student",
+    "span_student_group",
+    "span_teacher",
+    "span_teacher_group",
 )
 
 

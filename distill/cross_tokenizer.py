@@ -24,7 +24,9 @@ from .cross_losses import UNMATCHED
 from .losses import IGNORE_INDEX
 from .teacher_cache import LSE_1, LSE_T, NLL, TAIL_1, TAIL_T, TeacherCache
 
-HYBRID_MIN_SHARE = 0.5  # auto: hybrid when at least this share of the student's vocabulary has a same-text teacher token
+HYBRID_MIN_SHARE = (
+    0.5  # auto: hybrid when at least this share of the student's vocabulary has a same-text teacher token
+)
 
 
 class Rendered(NamedTuple):
@@ -37,13 +39,19 @@ def render(ex: dict, tok: PreTrainedTokenizerBase, chat_template: bool) -> Rende
     """One example as the text both tokenizers read, like :func:`distill.causal_lm.tokenize` lays it out."""
     if "text" in ex:
         return Rendered(ex["text"], [(0, len(ex["text"]))], True)
-    messages = ex.get("messages") or [{"role": "user", "content": ex["prompt"]}, {"role": "assistant", "content": ex["response"]}]
+    messages = ex.get("messages") or [
+        {"role": "user", "content": ex["prompt"]},
+        {"role": "assistant", "content": ex["response"]},
+    ]
     if chat_template and tok.chat_template:
         full = tok.apply_chat_template(messages, tokenize=False)
         spans = [
-            (len(tok.apply_chat_template(messages[:i], add_generation_prompt=True, tokenize=False)),
-             len(tok.apply_chat_template(messages[: i + 1], tokenize=False)))
-            for i, m in enumerate(messages) if m["role"] == "assistant"
+            (
+                len(tok.apply_chat_template(messages[:i], add_generation_prompt=True, tokenize=False)),
+                len(tok.apply_chat_template(messages[: i + 1], tokenize=False)),
+            )
+            for i, m in enumerate(messages)
+            if m["role"] == "assistant"
         ]
         return Rendered(full, spans, False)
     if "prompt" in ex:
@@ -94,7 +102,11 @@ def cross_rows(
         limit = max(end for _, end in s["offsets"])
     t = encode(r, teacher, special_tokens=True, max_chars=limit)
     targets = [span for span, label in zip(t["offsets"][1:], t["labels"][1:]) if label != IGNORE_INDEX]
-    teacher_row = {"id": ex["id"], **{k: t[k] for k in ("input_ids", "attention_mask", "labels")}, "target_offsets": targets}
+    teacher_row = {
+        "id": ex["id"],
+        **{k: t[k] for k in ("input_ids", "attention_mask", "labels")},
+        "target_offsets": targets,
+    }
     return {"id": ex["id"], **s}, teacher_row
 
 
@@ -177,8 +189,14 @@ def choose_method(setting: str, student: PreTrainedTokenizerBase, teacher: PreTr
     if setting == "hybrid":
         return "hybrid", f"different tokenizers ({names}); hybrid as the recipe asks: {overlap}"
     if share >= HYBRID_MIN_SHARE:
-        return "hybrid", f"different tokenizers ({names}); auto chose hybrid: {overlap} (at least {HYBRID_MIN_SHARE:.0%})"
-    return "uld", f"different tokenizers ({names}); auto chose ULD: only {overlap} (hybrid needs {HYBRID_MIN_SHARE:.0%})"
+        return (
+            "hybrid",
+            f"different tokenizers ({names}); auto chose hybrid: {overlap} (at least {HYBRID_MIN_SHARE:.0%})",
+        )
+    return (
+        "uld",
+        f"different tokenizers ({names}); auto chose ULD: only {overlap} (hybrid needs {HYBRID_MIN_SHARE:.0%})",
+    )
 
 
 class CrossTokenizerCollator:

@@ -82,7 +82,9 @@ def field_scores(spec: Data, name: str, ids: set[str]) -> dict[str, float]:
             number = math.nan
         if math.isnan(number) or math.isinf(number):
             have = "has no such field" if value is None else f"holds {value!r}"
-            raise MinnowError(f"{where}: curriculum.score_field {name!r}: each example needs a number there; this row {have}")
+            raise MinnowError(
+                f"{where}: curriculum.score_field {name!r}: each example needs a number there; this row {have}"
+            )
         found[id_] = number
     return found
 
@@ -148,8 +150,11 @@ class Plan:
         draw_plot(self.run.curriculum_chart, self, schedule)
         costs = dict(self.costs)
         if self.online is not None:
-            costs["online learnability"] = {"kind": "student-forward", "examples": self.online.scored,
-                                            "seconds": round(self.online.seconds, 4)}
+            costs["online learnability"] = {
+                "kind": "student-forward",
+                "examples": self.online.scored,
+                "seconds": round(self.online.seconds, 4),
+            }
         return {
             "order": self.cfg.order,
             "score": self.score,
@@ -160,7 +165,9 @@ class Plan:
             "kept": len(self.ranking),
             "dropped": dict(Counter(self.dropped.values())),
             "trained_distinct": len(trained),
-            "score_quantiles": {q: values[min(len(values) - 1, int(q * len(values)))] for q in (0.0, 0.25, 0.5, 0.75, 1.0)}
+            "score_quantiles": {
+                q: values[min(len(values) - 1, int(q * len(values)))] for q in (0.0, 0.25, 0.5, 0.75, 1.0)
+            }
             if values
             else {},
             "scorers": costs,
@@ -169,7 +176,12 @@ class Plan:
 
 
 def plan_curriculum(
-    cfg: Curriculum, task: str, data: Data, run: RunDir, ids: list[str], texts: list[str],
+    cfg: Curriculum,
+    task: str,
+    data: Data,
+    run: RunDir,
+    ids: list[str],
+    texts: list[str],
     scorers: dict[str, Scorer],
 ) -> Plan:
     """Score the training examples (``ids``, with their ``texts``), drop what the recipe drops, rank the rest."""
@@ -196,7 +208,9 @@ def plan_curriculum(
         dropped |= {i: "quality rules" for i in ids if rows[i]["heuristic"] > 0}
     if cfg.near_dedup:
         started = time.perf_counter()
-        dropped |= {i: "near-duplicate" for i in near_duplicates(ids, texts, cfg.near_dedup_threshold) if i not in dropped}
+        dropped |= {
+            i: "near-duplicate" for i in near_duplicates(ids, texts, cfg.near_dedup_threshold) if i not in dropped
+        }
         cache.record_cost("near-duplicates (MinHash)", "cheap", time.perf_counter() - started, len(ids))
     candidates = sorted((p for p, i in enumerate(ids) if i not in dropped), key=lambda p: (key[ids[p]], ids[p]))
     if not candidates:
@@ -221,7 +235,9 @@ def draw_plot(path: Path, plan: Plan, schedule: list[list[int]]) -> None:
     if schedule:
         means = [sum(plan.key[plan.ids[i]] for i in batch) / len(batch) for batch in schedule]
         steps.plot(range(1, len(means) + 1), means, lw=1)
-    steps.set(xlabel="optimizer step", ylabel="mean ranking key of the step's examples", title=f"schedule: {plan.cfg.order}")
+    steps.set(
+        xlabel="optimizer step", ylabel="mean ranking key of the step's examples", title=f"schedule: {plan.cfg.order}"
+    )
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=110)
     atomic.write_bytes(path, png.getvalue())
@@ -252,7 +268,9 @@ def causal_scorers(
 
     return {
         "teacher cache" if cached else "teacher forward": Scorer(
-            "free" if cached else "teacher-forward", ("teacher_nll", "teacher_entropy", "teacher_confidence"), teacher_pass
+            "free" if cached else "teacher-forward",
+            ("teacher_nll", "teacher_entropy", "teacher_confidence"),
+            teacher_pass,
         ),
         "student forward": Scorer("student-forward", ("student_nll",), student_pass),
     }
@@ -285,7 +303,13 @@ def embedding_learnability(
         out: list[float] = []
         for start in range(0, len(pos), cfg.eval_batch_size):
             chunk = pos[start : start + cfg.eval_batch_size]
-            batch = tok([texts[i] for i in chunk], padding=True, truncation=True, max_length=cfg.max_seq_len, return_tensors="pt")
+            batch = tok(
+                [texts[i] for i in chunk],
+                padding=True,
+                truncation=True,
+                max_length=cfg.max_seq_len,
+                return_tensors="pt",
+            )
             emb = student(batch["input_ids"].to(device), batch["attention_mask"].to(device))
             target = torch.as_tensor(targets[chunk], device=device)
             out += (1 - torch.nn.functional.cosine_similarity(emb.float(), target, dim=-1)).tolist()

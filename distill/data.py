@@ -137,7 +137,13 @@ def read_rows(spec: Data, bad: OnBadRow, limit: int | None = None) -> tuple[list
     if spec.dataset is not None:
         return _numbered(spec.dataset, _dataset_rows(spec, limit), "row"), spec.dataset
     path = Path(spec.path)
-    readers = {".jsonl": _jsonl_rows, ".json": _json_rows, ".csv": _csv_rows, ".parquet": _parquet_rows, ".txt": _txt_rows}
+    readers = {
+        ".jsonl": _jsonl_rows,
+        ".json": _json_rows,
+        ".csv": _csv_rows,
+        ".parquet": _parquet_rows,
+        ".txt": _txt_rows,
+    }
     if path.suffix.lower() not in readers:
         raise MinnowError(f"{path}: unsupported data file type {path.suffix!r}; use one of {', '.join(readers)}")
     return readers[path.suffix.lower()](path, bad, limit, spec.encoding), str(path)

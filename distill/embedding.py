@@ -37,7 +37,9 @@ def derive_student(teacher: EncoderWithPooling, layers: list[int]) -> EncoderWit
     n = teacher.encoder.config.num_hidden_layers
     bad = [i for i in layers if not 0 <= i < n]
     if bad or not layers:
-        raise MinnowError(f"student.from_teacher.layers: {bad or layers} not in 0..{n - 1} (the teacher has {n} layers)")
+        raise MinnowError(
+            f"student.from_teacher.layers: {bad or layers} not in 0..{n - 1} (the teacher has {n} layers)"
+        )
     encoder = copy.deepcopy(teacher.encoder)
     encoder.encoder.layer = torch.nn.ModuleList(encoder.encoder.layer[i] for i in layers)
     encoder.config.num_hidden_layers = len(layers)
@@ -105,7 +107,10 @@ def distill_embedding(run: RunDir) -> dict:
         student, _ = load_encoder(local_model_dir(recipe.student.path, recipe.student.revision))
         if student.dim != teacher.dim:
             student.projection = torch.nn.Linear(student.dim, teacher.dim)
-    if "tokens" in cfg.embedding_loss.split("+") and student.encoder.config.hidden_size != teacher.encoder.config.hidden_size:
+    if (
+        "tokens" in cfg.embedding_loss.split("+")
+        and student.encoder.config.hidden_size != teacher.encoder.config.hidden_size
+    ):
         raise MinnowError("distill.embedding_loss: `tokens` needs a student as wide as the teacher; use `attention`")
 
     train, heldout, counts = split_examples(recipe)
@@ -122,24 +127,41 @@ def distill_embedding(run: RunDir) -> dict:
     everything = train + heldout + unseen
     ids = [ex["id"] for ex in everything]
     emb, scores = _cached_teacher(run, teacher, tok, [ex["text"] for ex in everything], ids, cfg, device)
-    ScoreCache(run.scores, run.scorer_costs).set_column("incoherence", {i: scores[i] for i in ids[: len(train) + len(heldout)]})
+    ScoreCache(run.scores, run.scorer_costs).set_column(
+        "incoherence", {i: scores[i] for i in ids[: len(train) + len(heldout)]}
+    )
     train_emb, held_emb = emb[: len(train)], emb[len(train) : len(train) + len(heldout)]
     unseen_emb = emb[len(train) + len(heldout) :]
     train_ids = ids[: len(train)]
     free = Scorer("free", ("incoherence",), lambda pos: [{"incoherence": scores[train_ids[i]]} for i in pos])
-    plan = plan_curriculum(recipe.curriculum, recipe.task, recipe.data, run, train_ids,
-                           [ex["text"] for ex in train], {"teacher pass (targets)": free})
+    plan = plan_curriculum(
+        recipe.curriculum,
+        recipe.task,
+        recipe.data,
+        run,
+        train_ids,
+        [ex["text"] for ex in train],
+        {"teacher pass (targets)": free},
+    )
 
     held_texts = [ex["text"] for ex in heldout]
 
     def evaluate() -> dict:
         """Agreement with the teacher on the held-out texts, and on the unseen domain when the recipe has one."""
         encoder = TorchEncoder(student.to(device), tok)
-        out = {"eval": {"student": agreement(encoder.encode(held_texts, cfg.eval_batch_size, cfg.max_seq_len), held_emb),
-                        "texts": len(heldout)}}
+        out = {
+            "eval": {
+                "student": agreement(encoder.encode(held_texts, cfg.eval_batch_size, cfg.max_seq_len), held_emb),
+                "texts": len(heldout),
+            }
+        }
         if unseen:
             got = encoder.encode([ex["text"] for ex in unseen], cfg.eval_batch_size, cfg.max_seq_len)
-            out["eval_unseen"] = {"student": agreement(got, unseen_emb), "texts": len(unseen), "source": recipe.data.unseen}
+            out["eval_unseen"] = {
+                "student": agreement(got, unseen_emb),
+                "texts": len(unseen),
+                "source": recipe.data.unseen,
+            }
         return out
 
     before = evaluate()
@@ -177,7 +199,10 @@ def distill_embedding(run: RunDir) -> dict:
     after = evaluate()
     return trained.report(device, parameter_count(teacher), parameter_count(student)) | {
         "examples": counts,
-        "layers": {"teacher": teacher.encoder.config.num_hidden_layers, "student": student.encoder.config.num_hidden_layers},
+        "layers": {
+            "teacher": teacher.encoder.config.num_hidden_layers,
+            "student": student.encoder.config.num_hidden_layers,
+        },
         "curriculum": plan.report(),
         "eval_before": before["eval"],
         **({"eval_unseen_before": before["eval_unseen"]} if unseen else {}),

@@ -94,8 +94,13 @@ def save_sentence_transformer(
         if model.projection is not None:
             p = model.projection
             modules.append(
-                Dense(p.in_features, p.out_features, activation_function=None, init_weight=p.weight.detach().cpu(),
-                      init_bias=p.bias.detach().cpu())
+                Dense(
+                    p.in_features,
+                    p.out_features,
+                    activation_function=None,
+                    init_weight=p.weight.detach().cpu(),
+                    init_bias=p.bias.detach().cpu(),
+                )
             )
         modules.append(Normalize())
         SentenceTransformer(modules=modules, device="cpu").save(str(folder), create_model_card=False)

@@ -12,7 +12,9 @@ from .losses import IGNORE_INDEX, align_vocab, forward_kl, shift_for_next_token,
 
 def batches(rows: list[dict], collate: Callable, batch_size: int, device: torch.device) -> Iterator[dict]:
     for i in range(0, len(rows), batch_size):
-        batch = collate([{k: r[k] for k in ("input_ids", "attention_mask", "labels")} for r in rows[i : i + batch_size]])
+        batch = collate(
+            [{k: r[k] for k in ("input_ids", "attention_mask", "labels")} for r in rows[i : i + batch_size]]
+        )
         yield {k: v.to(device) for k, v in batch.items()}
 
 
@@ -44,7 +46,9 @@ def evaluate_causal(
 
 
 @torch.inference_mode()
-def evaluate_cached(student: torch.nn.Module, rows: list[dict], collate: Callable, batch_size: int, device: torch.device):
+def evaluate_cached(
+    student: torch.nn.Module, rows: list[dict], collate: Callable, batch_size: int, device: torch.device
+):
     """:func:`evaluate_causal` with the teacher read from its cache (``collate`` is a T = 1 CachedTeacherCollator).
 
     Teacher loss and top-1 agreement are exact; KL(teacher‖student) is taken over the cached top-k tokens plus
@@ -58,7 +62,9 @@ def evaluate_cached(student: torch.nn.Module, rows: list[dict], collate: Callabl
     for i in range(0, len(rows), batch_size):
         batch = {k: v.to(device) for k, v in collate(rows[i : i + batch_size]).items()}
         labels = batch.pop("labels")
-        ids, log_probs, tail, nll = (batch.pop(k) for k in ("teacher_ids", "teacher_log_probs", "teacher_tail", "teacher_nll"))
+        ids, log_probs, tail, nll = (
+            batch.pop(k) for k in ("teacher_ids", "teacher_log_probs", "teacher_tail", "teacher_nll")
+        )
         s_logits, targets = shift_for_next_token(student(**batch).logits, labels)
         mask = targets.ne(IGNORE_INDEX)
         s_rows = s_logits[mask]

@@ -48,10 +48,18 @@ def generate(
     try:
         for i in range(0, len(prompts), batch_size):
             rendered = [prompt_text_for_model(p, tok, chat_template) for p in prompts[i : i + batch_size]]
-            enc = tok([r for r, _ in rendered], add_special_tokens=rendered[0][1], padding=True, return_tensors="pt").to(device)
-            sampling = {"do_sample": True, "temperature": temperature, "top_k": 0} if temperature > 0 else {"do_sample": False}
+            enc = tok(
+                [r for r, _ in rendered], add_special_tokens=rendered[0][1], padding=True, return_tensors="pt"
+            ).to(device)
+            sampling = (
+                {"do_sample": True, "temperature": temperature, "top_k": 0} if temperature > 0 else {"do_sample": False}
+            )
             ids = model.generate(
-                **enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **sampling
+                **enc,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+                **sampling,
             )
             out += [t.strip() for t in tok.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)]
     finally:
@@ -59,7 +67,9 @@ def generate(
     return out
 
 
-def cached_responses(path: Path, examples: list[Example], write: Callable[[list[Example]], list[str]]) -> dict[str, str]:
+def cached_responses(
+    path: Path, examples: list[Example], write: Callable[[list[Example]], list[str]]
+) -> dict[str, str]:
     """Teacher responses by example id: read from ``path`` where present, the rest written by ``write`` and saved."""
     known: dict[str, str] = {}
     if path.is_file():

@@ -78,7 +78,9 @@ def skew_reverse_kl_from_log_probs(log_s: torch.Tensor, log_t: torch.Tensor, alp
     return kl_from_log_probs(log_s, log_mixture(log_s, log_t, alpha))
 
 
-def divergence(name: str, jsd_beta: float = 0.5, skew_alpha: float = 0.1) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def divergence(
+    name: str, jsd_beta: float = 0.5, skew_alpha: float = 0.1
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The per-position divergence ``f(log_p_student, log_p_teacher)`` a recipe's ``distill.loss`` names."""
     table: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
         "forward_kl": forward_kl_from_log_probs,
@@ -130,14 +132,14 @@ def skew_reverse_kl(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, alpha: float = 0.1, temperature: float = 1.0
 ) -> torch.Tensor:
     """Per-position α-skew reverse KL at temperature T, times T² (DistiLLM, Ko et al. 2024)."""
-    return skew_reverse_kl_from_log_probs(*softened(student_logits, teacher_logits, temperature), alpha) * temperature**2
+    return (
+        skew_reverse_kl_from_log_probs(*softened(student_logits, teacher_logits, temperature), alpha) * temperature**2
+    )
 
 
 def token_cross_entropy(student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per-position negative log-likelihood of ``targets``; 0 where the target is IGNORE_INDEX."""
-    return F.cross_entropy(
-        student_logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
-    )
+    return F.cross_entropy(student_logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
 
 
 def shift_for_next_token(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

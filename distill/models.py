@@ -28,7 +28,6 @@ def load_causal_lm(spec: Teacher | Student, device: torch.device) -> torch.nn.Mo
     return model.to(device)
 
 
-
 def local_model_dir(ref: str, revision: str | None) -> Path:
     """An existing folder as is; a hub id downloaded (weights as safetensors only) into the hub cache."""
     if Path(ref).is_dir():
@@ -36,7 +35,11 @@ def local_model_dir(ref: str, revision: str | None) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(ref, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.txt", "1_Pooling/*"]))
+        return Path(
+            snapshot_download(
+                ref, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.txt", "1_Pooling/*"]
+            )
+        )
     except Exception as e:
         raise MinnowError(f"cannot fetch {ref!r} from the model hub: {str(e).splitlines()[0]}") from None
 

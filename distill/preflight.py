@@ -44,15 +44,20 @@ def check_plan(recipe: Recipe, ram: int) -> None:
     cfg = recipe.distill
     slots = cfg.steps * cfg.batch_size * cfg.grad_accum
     sizes = {
-        f"distill.steps × batch_size × grad_accum = {slots:,} example slots: the schedule alone": slots * SCHEDULE_BYTES_PER_SLOT,
-        f"distill.batch_size × max_seq_len = {cfg.batch_size * cfg.max_seq_len:,} tokens per batch: its input tensors alone":
-            cfg.batch_size * cfg.max_seq_len * BATCH_BYTES_PER_TOKEN,
-        f"distill.eval_batch_size × max_seq_len = {cfg.eval_batch_size * cfg.max_seq_len:,} tokens per batch: its input tensors alone":
-            cfg.eval_batch_size * cfg.max_seq_len * BATCH_BYTES_PER_TOKEN,
+        f"distill.steps × batch_size × grad_accum = {slots:,} example slots: the schedule alone": slots
+        * SCHEDULE_BYTES_PER_SLOT,
+        f"distill.batch_size × max_seq_len = {cfg.batch_size * cfg.max_seq_len:,} tokens per batch: its input tensors alone": cfg.batch_size
+        * cfg.max_seq_len
+        * BATCH_BYTES_PER_TOKEN,
+        f"distill.eval_batch_size × max_seq_len = {cfg.eval_batch_size * cfg.max_seq_len:,} tokens per batch: its input tensors alone": cfg.eval_batch_size
+        * cfg.max_seq_len
+        * BATCH_BYTES_PER_TOKEN,
     }
     for what, size in sizes.items():
         if size > FITS * ram:
-            raise MinnowError(f"{what} would take about {_gb(size)}, more than this machine's {_gb(ram)} RAM can hold; lower them")
+            raise MinnowError(
+                f"{what} would take about {_gb(size)}, more than this machine's {_gb(ram)} RAM can hold; lower them"
+            )
 
 
 def preflight(recipe: Recipe, ram: int | None = None) -> list[Finding]:
@@ -80,12 +85,17 @@ def _tokenizers(recipe: Recipe) -> list[Finding]:
         name = {"uld": "ULD (Boizard et al. 2024)", "hybrid": "hybrid (GOLD: KL on same-text tokens, ULD on the rest)"}
         return [Finding(f"tokenizers: cross-tokenizer distillation with {name[method]}: {why}")]
     findings = [Finding(f"tokenizers: teacher and student share one vocabulary ({len(student)} tokens)")]
-    tables = [json.loads((Path(p) / "config.json").read_text()).get("vocab_size") for p in (recipe.teacher.path, student_path(recipe))]
+    tables = [
+        json.loads((Path(p) / "config.json").read_text()).get("vocab_size")
+        for p in (recipe.teacher.path, student_path(recipe))
+    ]
     if None not in tables and tables[0] != tables[1]:
-        findings.append(Finding(
-            f"vocabulary padding: teacher logits {tables[0]}, student logits {tables[1]}; "
-            f"KD compares the first {min(tables)} (the rest is embedding-table padding)"
-        ))
+        findings.append(
+            Finding(
+                f"vocabulary padding: teacher logits {tables[0]}, student logits {tables[1]}; "
+                f"KD compares the first {min(tables)} (the rest is embedding-table padding)"
+            )
+        )
     template = chat_template_difference(recipe.teacher.path, student)
     if template:
         findings.append(Finding(template, warning=recipe.data.chat_template))

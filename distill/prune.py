@@ -98,7 +98,9 @@ def keep_layers(model: torch.nn.Module, keep: list[int]) -> None:
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.nn.Linear:
-    layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype, device=weight.device)
+    layer = torch.nn.Linear(
+        weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype, device=weight.device
+    )
     layer.weight.data.copy_(weight)
     if bias is not None:
         layer.bias.data.copy_(bias)
@@ -121,7 +123,9 @@ def prune_mlp(model: torch.nn.Module, importance: list[torch.Tensor], fraction: 
     return width
 
 
-def derive_causal_student(teacher: torch.nn.Module, spec: FromTeacher, batches: list[dict]) -> tuple[torch.nn.Module, dict]:
+def derive_causal_student(
+    teacher: torch.nn.Module, spec: FromTeacher, batches: list[dict]
+) -> tuple[torch.nn.Module, dict]:
     """A pruned copy of ``teacher`` as ``spec`` asks, and what was kept (for the report)."""
     n = len(decoder_layers(teacher))
     student = copy.deepcopy(teacher)
@@ -129,7 +133,9 @@ def derive_causal_student(teacher: torch.nn.Module, spec: FromTeacher, batches: 
     if spec.layers is not None:
         bad = [i for i in spec.layers if not 0 <= i < n]
         if bad or not spec.layers:
-            raise MinnowError(f"student.from_teacher.layers: {bad or spec.layers} not in 0..{n - 1} (the teacher has {n} layers)")
+            raise MinnowError(
+                f"student.from_teacher.layers: {bad or spec.layers} not in 0..{n - 1} (the teacher has {n} layers)"
+            )
         keep = list(spec.layers)
     else:
         importance = block_importance(student, batches)

@@ -70,7 +70,9 @@ def paced(
     for s in range(steps):
         size = max(per_step, math.ceil(pacing(kind, start, s / period) * len(ranking)))
         pool = ranking[: min(size, len(ranking))]
-        schedule.append(rng.sample(list(pool), per_step) if len(pool) >= per_step else rng.choices(list(pool), k=per_step))
+        schedule.append(
+            rng.sample(list(pool), per_step) if len(pool) >= per_step else rng.choices(list(pool), k=per_step)
+        )
     return schedule
 
 
@@ -103,7 +105,8 @@ class ScheduleLog:
 
     def write(self, schedule: list[list[int]]) -> None:
         atomic.write_text(
-            self.path, "".join(json.dumps({"step": s, "ids": [self.ids[i] for i in b]}) + "\n" for s, b in enumerate(schedule))
+            self.path,
+            "".join(json.dumps({"step": s, "ids": [self.ids[i] for i in b]}) + "\n" for s, b in enumerate(schedule)),
         )
 
     def read(self) -> list[list[int]]:

@@ -199,7 +199,9 @@ def shingles(text: str, n: int = 5) -> set[str]:
     return {" ".join(words[i : i + n]) for i in range(max(1, len(words) - n + 1))}
 
 
-def near_duplicates(ids: list[str], texts: list[str], threshold: float, num_perm: int = 128, seed: int = 1) -> dict[str, str]:
+def near_duplicates(
+    ids: list[str], texts: list[str], threshold: float, num_perm: int = 128, seed: int = 1
+) -> dict[str, str]:
     """Each text whose estimated Jaccard similarity to an earlier kept one is ≥ ``threshold``: id → that one's id.
 
     MinHash (Broder 1997) over word 5-gram shingles with locality-sensitive hashing (``datasketch``), the
@@ -245,7 +247,12 @@ def token_statistics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, to
 
 @torch.inference_mode()
 def model_statistics(
-    model: torch.nn.Module, rows: list[dict], collate: Callable, batch_size: int, device: torch.device, what: str | None = None
+    model: torch.nn.Module,
+    rows: list[dict],
+    collate: Callable,
+    batch_size: int,
+    device: torch.device,
+    what: str | None = None,
 ) -> list[dict[str, float]]:
     """``token_statistics`` of each row under ``model``, in one forward pass over the rows (a progress bar named
     after ``what`` when given)."""

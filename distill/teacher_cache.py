@@ -100,7 +100,10 @@ def provenance(
     }
     if student_tok is not None:
         parts["student_tokenizer"] = tokenizer_hash(student_tok)
-    hashed = {k: ({f: w["sha256"] for f, w in v.items()} if k == "teacher_weights" and "hub" not in v else v) for k, v in parts.items()}
+    hashed = {
+        k: ({f: w["sha256"] for f, w in v.items()} if k == "teacher_weights" and "hub" not in v else v)
+        for k, v in parts.items()
+    }
     return parts | {"hash": _sha256(json.dumps(hashed, sort_keys=True).encode())}
 
 
@@ -133,7 +136,9 @@ def changes(old: dict, new: dict) -> list[str]:
         differ = sorted(f for f in set(old_w) | set(new_w) if old_w.get(f) != new_w.get(f))
         found.append(f"teacher weights ({', '.join(differ)})")
     if old.get("data") != new.get("data"):
-        found.append(f"data ({old.get('data', {}).get('examples')} → {new['data']['examples']} examples, content differs)")
+        found.append(
+            f"data ({old.get('data', {}).get('examples')} → {new['data']['examples']} examples, content differs)"
+        )
     return found
 
 
@@ -154,7 +159,11 @@ class TeacherCache:
         if shard not in self._open:
             self._open[shard] = safe_open(self.folder / shard, framework="pt")
         f = self._open[shard]
-        return f.get_tensor(f"{example_id}/ids"), f.get_tensor(f"{example_id}/logits"), f.get_tensor(f"{example_id}/stats")
+        return (
+            f.get_tensor(f"{example_id}/ids"),
+            f.get_tensor(f"{example_id}/logits"),
+            f.get_tensor(f"{example_id}/stats"),
+        )
 
     def offsets(self, example_id: str) -> torch.Tensor:
         """[n, 2] character spans of the example's n cached tokens (caches for a student with another tokenizer)."""
@@ -199,7 +208,9 @@ class CachedTeacherCollator:
         for f, (ids, _, _) in zip(features, parts):
             trained = sum(x != IGNORE_INDEX for x in f["labels"][1:])
             if ids.shape[0] != trained:
-                raise MinnowError(f"teacher cache: example {f['id']} has {ids.shape[0]} cached positions, not {trained}")
+                raise MinnowError(
+                    f"teacher cache: example {f['id']} has {ids.shape[0]} cached positions, not {trained}"
+                )
         lse, tail = (LSE_1, TAIL_1) if self.temperature == 1.0 else (LSE_T, TAIL_T)
         stats = torch.cat([p[2] for p in parts])
         batch["teacher_ids"] = torch.cat([p[0] for p in parts]).long()
@@ -223,7 +234,11 @@ def cache_rows(logits: torch.Tensor, targets: torch.Tensor, k: int, vocab: int, 
         tail = scaled.scatter(-1, top.indices, -math.inf).logsumexp(-1) - lse
         stats += [lse, tail]
     nll = stats[0] - z.gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)
-    return top.indices.to(torch.int32), top.values.contiguous(), torch.stack([stats[0], stats[2], stats[1], stats[3], nll], -1)
+    return (
+        top.indices.to(torch.int32),
+        top.values.contiguous(),
+        torch.stack([stats[0], stats[2], stats[1], stats[3], nll], -1),
+    )
 
 
 @torch.inference_mode()
@@ -255,9 +270,15 @@ def build_cache(
             logits, targets = shift_for_next_token(teacher(**batch).logits, labels)
             for row, seq_logits, seq_targets in zip(chunk, logits, targets):
                 ids, top, stats = cache_rows(seq_logits, seq_targets, k, vocab, temperature)
-                tensors |= {f"{row['id']}/ids": ids.cpu(), f"{row['id']}/logits": top.cpu(), f"{row['id']}/stats": stats.cpu()}
+                tensors |= {
+                    f"{row['id']}/ids": ids.cpu(),
+                    f"{row['id']}/logits": top.cpu(),
+                    f"{row['id']}/stats": stats.cpu(),
+                }
                 if "target_offsets" in row:  # the teacher's token spans, aligned with the student's at training time
-                    tensors[f"{row['id']}/offsets"] = torch.tensor(row["target_offsets"], dtype=torch.int32).reshape(-1, 2)
+                    tensors[f"{row['id']}/offsets"] = torch.tensor(row["target_offsets"], dtype=torch.int32).reshape(
+                        -1, 2
+                    )
         name = f"shard-{number:05d}.safetensors"
         tmp = folder / f".{name}.tmp"
         save_file(tensors, str(tmp))

@@ -96,8 +96,14 @@ class LogitDistillTrainer(Trainer):
         was_training = student.training
         student.eval()
         out = student.generate(
-            input_ids=prompts, attention_mask=prompt_mask, max_new_tokens=self.max_new_tokens, do_sample=True,
-            temperature=1.0, top_k=0, pad_token_id=pad, eos_token_id=self.processing_class.eos_token_id,
+            input_ids=prompts,
+            attention_mask=prompt_mask,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            pad_token_id=pad,
+            eos_token_id=self.processing_class.eos_token_id,
         )
         student.train(was_training)
         new = out[:, width:]
@@ -124,7 +130,9 @@ class LogitDistillTrainer(Trainer):
         else:
             with torch.no_grad():
                 teacher_logits = self.teacher(**inputs).logits
-            loss_sum, _, _ = kd_loss_sum(outputs.logits, teacher_logits, labels, self.temperature, self.ce_weight, self.div)
+            loss_sum, _, _ = kd_loss_sum(
+                outputs.logits, teacher_logits, labels, self.temperature, self.ce_weight, self.div
+            )
         loss = self.per_token(loss_sum, labels, num_items_in_batch)
         if on_policy:
             loss = loss / self.args.gradient_accumulation_steps
@@ -148,8 +156,10 @@ def last_layer_qkv(encoder: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
     """Collects the query, key and value projections [batch, seq, hidden] of a BERT-like encoder's last layer."""
     attention = [m for name, m in encoder.named_modules() if name.endswith("attention.self")][-1]
     captured: list[torch.Tensor] = []
-    hooks = [getattr(attention, name).register_forward_hook(lambda m, i, out: captured.append(out))
-             for name in ("query", "key", "value")]
+    hooks = [
+        getattr(attention, name).register_forward_hook(lambda m, i, out: captured.append(out))
+        for name in ("query", "key", "value")
+    ]
     try:
         yield captured
     finally:
@@ -188,7 +198,10 @@ class EmbeddingDistillTrainer(Trainer):
             "similarity": lambda: similarity_matrix_mse(student, target),
         }
         if self.teacher is not None:
-            with torch.no_grad(), last_layer_qkv(self.teacher) if relations else contextlib.nullcontext([]) as teacher_qkv:
+            with (
+                torch.no_grad(),
+                last_layer_qkv(self.teacher) if relations else contextlib.nullcontext([]) as teacher_qkv,
+            ):
                 teacher_tokens = self.teacher.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
             losses["tokens"] = lambda: token_mse(tokens, teacher_tokens, mask)
             losses["attention"] = lambda: attention_relation_kl(student_qkv, teacher_qkv, mask, self.relation_heads)

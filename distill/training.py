@@ -84,7 +84,11 @@ def with_lora(model: torch.nn.Module, lora: Lora | None, task_type: str | None =
     if lora is None:
         return model
     config = LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules, task_type=task_type
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type=task_type,
     )
     return get_peft_model(model, config)
 

@@ -72,8 +72,18 @@ class CausalExport:
         int4_lm_head: str,
         max_length: int | None,
     ) -> None:
-        self.student_dir, self.scratch, self.prompts, self.max_new_tokens = student_dir, scratch, parity_prompts, max_new_tokens
-        self.gate, self.gate_sequences, self.int4_lm_head, self.max_length = gate, gate_sequences, int4_lm_head, max_length
+        self.student_dir, self.scratch, self.prompts, self.max_new_tokens = (
+            student_dir,
+            scratch,
+            parity_prompts,
+            max_new_tokens,
+        )
+        self.gate, self.gate_sequences, self.int4_lm_head, self.max_length = (
+            gate,
+            gate_sequences,
+            int4_lm_head,
+            max_length,
+        )
         self.architecture = architecture
         self.references: list[Reference] | None = None
         self.reference_model: torch.nn.Module | None = None
@@ -128,7 +138,14 @@ def export_causal_lm(
     onnx_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=onnx_root, prefix=".scratch.", suffix=TMP_SUFFIX) as scratch:
         task = CausalExport(
-            student_dir, architecture, Path(scratch), parity_prompts, max_new_tokens, gate or Gate(), gate_sequences, int4_lm_head,
+            student_dir,
+            architecture,
+            Path(scratch),
+            parity_prompts,
+            max_new_tokens,
+            gate or Gate(),
+            gate_sequences,
+            int4_lm_head,
             max_length,
         )
         results = export_precisions(task, onnx_root, precisions)
@@ -217,7 +234,10 @@ def repair_shared_int8_head(model_file: Path) -> None:
     """
     model = onnx.load(model_file, load_external_data=False)
     initializers = {t.name for t in model.graph.initializer}
-    renames = {"lm_head.MatMul.weight_Q8G32": "lm_head.MatMul.weight_Q8", "lm_head.MatMul.weight_scale": "lm_head.MatMul.weight_scales"}
+    renames = {
+        "lm_head.MatMul.weight_Q8G32": "lm_head.MatMul.weight_Q8",
+        "lm_head.MatMul.weight_scale": "lm_head.MatMul.weight_scales",
+    }
     renames = {old: new for old, new in renames.items() if old not in initializers and new in initializers}
     changed = False
     for node in model.graph.node:
@@ -267,9 +287,7 @@ def greedy_references(
     return references
 
 
-def compare_to_references(
-    onnx_dir: Path, references: Sequence[Reference], max_new_tokens: int, precision: str
-) -> dict:
+def compare_to_references(onnx_dir: Path, references: Sequence[Reference], max_new_tokens: int, precision: str) -> dict:
     """Greedy-decode each reference prompt with the ONNX model and measure agreement with PyTorch.
 
     For fp32 any difference raises MinnowError naming the prompt and the first differing position.

@@ -41,8 +41,15 @@ MODEL_FILE = "model.onnx"
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAMES = ("last_hidden_state", "sentence_embedding")
 ECOSYSTEM_FILES = {"fp32": "onnx/model.onnx", "int8": "onnx/model_quantized.onnx"}  # inside the student folder
-FUSED_OPS = ("EmbedLayerNormalization", "Attention", "SkipLayerNormalization", "BiasGelu", "Gelu", "FastGelu",
-             "LayerNormalization")
+FUSED_OPS = (
+    "EmbedLayerNormalization",
+    "Attention",
+    "SkipLayerNormalization",
+    "BiasGelu",
+    "Gelu",
+    "FastGelu",
+    "LayerNormalization",
+)
 
 
 class OnnxEncoder:
@@ -52,9 +59,7 @@ class OnnxEncoder:
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(
-            str(Path(model_dir) / MODEL_FILE), options, providers=[provider]
-        )
+        self.session = ort.InferenceSession(str(Path(model_dir) / MODEL_FILE), options, providers=[provider])
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.dim = {o.name: o.shape[-1] for o in self.session.get_outputs()}[OUTPUT_NAMES[1]]
 
@@ -123,12 +128,18 @@ def _export_fp32(model: EncoderWithPooling, tokenizer: PreTrainedTokenizerFast, 
             dynamo=False,
             input_names=list(INPUT_NAMES),
             output_names=list(OUTPUT_NAMES),
-            dynamic_axes={"input_ids": tokens, "attention_mask": tokens, OUTPUT_NAMES[0]: tokens, OUTPUT_NAMES[1]: {0: "batch"}},
+            dynamic_axes={
+                "input_ids": tokens,
+                "attention_mask": tokens,
+                OUTPUT_NAMES[0]: tokens,
+                OUTPUT_NAMES[1]: {0: "batch"},
+            },
             opset_version=17,
         )
         config = model.encoder.config
-        fused = optimize_model(str(traced), model_type="bert", num_heads=config.num_attention_heads,
-                               hidden_size=config.hidden_size)
+        fused = optimize_model(
+            str(traced), model_type="bert", num_heads=config.num_attention_heads, hidden_size=config.hidden_size
+        )
         fused.save_model_to_file(str(path))
     traced.unlink()
     counts = fused.get_fused_operator_statistics()
@@ -148,7 +159,11 @@ def _quantize_int8(fp32_path: Path, out_path: Path) -> None:
     exclude = projection + [f"{name}_MatMul" for name in projection]
     with _quiet():
         quantize_dynamic(
-            fp32_path, out_path, per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+            fp32_path,
+            out_path,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=exclude,
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # fused ops carry no inferred types
         )
 
@@ -187,7 +202,12 @@ class EmbeddingExport:
         parity_texts: list[str],
         thresholds: dict[str, float],
     ) -> None:
-        self.student_dir, self.tokenizer, self.texts, self.thresholds = Path(student_dir), tokenizer, parity_texts, thresholds
+        self.student_dir, self.tokenizer, self.texts, self.thresholds = (
+            Path(student_dir),
+            tokenizer,
+            parity_texts,
+            thresholds,
+        )
         self.reference = TorchEncoder(model, tokenizer).encode(parity_texts)
         self.fp32_path = scratch / MODEL_FILE
         self.fused = _export_fp32(model, tokenizer, self.fp32_path)
@@ -231,5 +251,7 @@ def export_embedding(
         raise MinnowError("parity_texts is empty: the export cannot be checked against PyTorch")
     model, tokenizer = load_encoder(student_dir)
     with tempfile.TemporaryDirectory() as scratch:
-        task = EmbeddingExport(student_dir, model, tokenizer, Path(scratch), parity_texts, {**PARITY_THRESHOLDS, **(thresholds or {})})
+        task = EmbeddingExport(
+            student_dir, model, tokenizer, Path(scratch), parity_texts, {**PARITY_THRESHOLDS, **(thresholds or {})}
+        )
         return export_precisions(task, Path(onnx_root), precisions)

@@ -49,8 +49,10 @@ def stream_text(variant: Variant, prompt: str, max_new_tokens: int, threads: int
     """
     tokenizer = _tokenizer(variant)
     prompt_ids = encode_prompt(tokenizer, prompt)
-    tokens = _onnx_tokens(variant, prompt_ids, max_new_tokens, threads) if variant.precision else _torch_tokens(
-        variant, prompt_ids, max_new_tokens, threads
+    tokens = (
+        _onnx_tokens(variant, prompt_ids, max_new_tokens, threads)
+        if variant.precision
+        else _torch_tokens(variant, prompt_ids, max_new_tokens, threads)
     )
     start = time.perf_counter()
     generated: list[int] = []
@@ -80,7 +82,9 @@ def _onnx_tokens(variant: Variant, prompt_ids: list[int], max_new_tokens: int, t
 def _torch_tokens(variant: Variant, prompt_ids: list[int], max_new_tokens: int, threads: int) -> Iterator[int]:
     assert variant.spec is not None
     spec = variant.spec
-    model: PreTrainedModel = cached(("causal-lm", variant.key), lambda: load_causal_lm(spec, torch.device("cpu")).eval())
+    model: PreTrainedModel = cached(
+        ("causal-lm", variant.key), lambda: load_causal_lm(spec, torch.device("cpu")).eval()
+    )
     torch.set_num_threads(threads)
     context = getattr(model.config, "max_position_embeddings", None)
     if context is not None and len(prompt_ids) >= context:

@@ -50,7 +50,10 @@ def measure_embedding(
         }
         for precision in run.recipe.export.precisions:
             folder = run.onnx / precision
-            variants[variant_key("student", precision)] = (OnnxEncoder(folder, threads, run.recipe.export.execution_provider), folder)
+            variants[variant_key("student", precision)] = (
+                OnnxEncoder(folder, threads, run.recipe.export.execution_provider),
+                folder,
+            )
         rows = {}
         for name, (encoder, folder) in variants.items():
             encode = lambda batch, e=encoder: e.encode(batch, cfg.eval_batch_size, cfg.max_seq_len)  # noqa: E731

@@ -29,7 +29,11 @@ DEFAULT_MAX_LENGTH = 2048
 
 def _run(module: str, *args: str) -> subprocess.CompletedProcess:
     return children.run(
-        [sys.executable, "-m", module, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+        [sys.executable, "-m", module, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
     )
 
 

@@ -44,7 +44,11 @@ class FlatCacheDecoder(torch.nn.Module):
         self.layers = layers
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, past: list[torch.Tensor]
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        past: list[torch.Tensor],
     ) -> tuple[torch.Tensor, ...]:
         cache = DynamicCache(config=self.model.config)
         for i in range(self.layers):
@@ -127,7 +131,11 @@ def quantize(fp32_path: Path, out_path: Path, bits: int, lm_head_bits: int) -> N
     table is stored once."""
     model = onnx.load(fp32_path)
     initializers = {t.name for t in model.graph.initializer}
-    head = [n.name for n in model.graph.node if n.op_type == "MatMul" and "logits" in n.output and n.input[1] in initializers]
+    head = [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "MatMul" and "logits" in n.output and n.input[1] in initializers
+    ]
     last = head if lm_head_bits != bits else []
     with _quiet():
         for pass_bits, exclude in ((bits, last), (lm_head_bits, [])) if last else ((bits, []),):

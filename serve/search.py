@@ -55,10 +55,14 @@ def encoder(variant: Variant, threads: int) -> TorchEncoder | OnnxEncoder:
         if not model_file.is_file():
             raise MinnowError(f"{model_file} is missing; export it again with `minnow export RUN_DIR`")
         provider = variant.run.recipe.export.execution_provider
-        return cached(("onnx-encoder", variant.key, threads), lambda: OnnxEncoder(Path(variant.path), threads, provider))
+        return cached(
+            ("onnx-encoder", variant.key, threads), lambda: OnnxEncoder(Path(variant.path), threads, provider)
+        )
     torch.set_num_threads(threads)
     revision = variant.spec.revision if variant.spec else None
-    return cached(("torch-encoder", variant.key), lambda: TorchEncoder.from_dir(local_model_dir(variant.path, revision)))
+    return cached(
+        ("torch-encoder", variant.key), lambda: TorchEncoder.from_dir(local_model_dir(variant.path, revision))
+    )
 
 
 def search(variant: Variant, corpus_file: Path, query: str, k: int, threads: int) -> Result:

@@ -18,8 +18,17 @@ MINNOW = [sys.executable, "-m", "minnow"]
 
 # Fixtures that run whole stages (a `minnow run`, an export, a demo server): a test using one is in the slow lane.
 STAGE_FIXTURES = {
-    "tiny_run", "tiny_run_result", "embedding_run", "compared", "demo_url", "qwen", "gpt2", "int8_int4", "mobile",
-    "cached_run", "exported",
+    "tiny_run",
+    "tiny_run_result",
+    "embedding_run",
+    "compared",
+    "demo_url",
+    "qwen",
+    "gpt2",
+    "int8_int4",
+    "mobile",
+    "cached_run",
+    "exported",
 }
 
 

@@ -22,7 +22,13 @@ from minnow.export.variants import compare_variants, open_runs
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
 ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
 PROMPT = "My laptop will not charge. What should I do?"
 STARTUP_SECONDS = 180

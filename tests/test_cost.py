@@ -22,19 +22,25 @@ def fixed_report() -> Report:
     """A run that spent 0.5 kWh distilling; the teacher uses 10x the student's energy per request."""
     energy = lambda kwh, seconds: {"kwh": kwh, "seconds": seconds, "measured": False, "source": "estimated"}  # noqa: E731
     row = lambda kwh, seconds: {  # noqa: E731
-        "requests": 100, "tokens": 6400, "energy": energy(kwh, seconds), "size_bytes": 1, "speedup_vs_teacher": 1.0
+        "requests": 100,
+        "tokens": 6400,
+        "energy": energy(kwh, seconds),
+        "size_bytes": 1,
+        "speedup_vs_teacher": 1.0,
     }
-    return Report.model_validate({
-        "energy": {"distill": energy(0.4, 3000.0), "export": energy(0.1, 600.0)},
-        "variants": {
-            "threads": 2,
+    return Report.model_validate(
+        {
+            "energy": {"distill": energy(0.4, 3000.0), "export": energy(0.1, 600.0)},
             "variants": {
-                "teacher (PyTorch)": row(0.01, 200.0),
-                "student ONNX int4": row(0.001, 20.0),
-                "student (PyTorch)": row(0.02, 400.0),
+                "threads": 2,
+                "variants": {
+                    "teacher (PyTorch)": row(0.01, 200.0),
+                    "student ONNX int4": row(0.001, 20.0),
+                    "student (PyTorch)": row(0.02, 400.0),
+                },
             },
-        },
-    })
+        }
+    )
 
 
 def test_footprint_prices_energy_or_machine_time_and_scales():
@@ -57,9 +63,15 @@ def test_break_even_is_one_off_over_saving_and_none_without_saving():
 def test_cost_section_on_a_fixed_report():
     section = cost_section(fixed_report(), Cost(price_per_kwh=0.2, carbon_g_per_kwh=500, requests_per_day=1000))
     total = section["training_total"]
-    assert total["wh"] == pytest.approx(500) and total["money"] == pytest.approx(0.1) and total["gco2e"] == pytest.approx(250)
+    assert (
+        total["wh"] == pytest.approx(500)
+        and total["money"] == pytest.approx(0.1)
+        and total["gco2e"] == pytest.approx(250)
+    )
     assert total["seconds"] == pytest.approx(3600) and total["measured"] is False
-    teacher, int4, torch_student = (section["serving"][n] for n in ("teacher (PyTorch)", "student ONNX int4", "student (PyTorch)"))
+    teacher, int4, torch_student = (
+        section["serving"][n] for n in ("teacher (PyTorch)", "student ONNX int4", "student (PyTorch)")
+    )
     assert teacher["per_1k_requests"]["wh"] == pytest.approx(100)  # 10 Wh over 100 requests
     assert int4["per_1k_requests"]["money"] == pytest.approx(0.002)
     assert int4["per_1m_tokens"]["wh"] == pytest.approx(1000 / 6400 * 1e6 / 1000)
@@ -121,7 +133,11 @@ def test_labels_say_measured_or_estimated(meter):
 def test_run_reports_cost_for_every_variant_and_stage(tiny_run):
     report = json.loads((tiny_run / "report.json").read_text())
     cost, variants = report["cost"], report["variants"]["variants"]
-    assert set(cost["serving"]) == set(variants) == {"teacher (PyTorch)", "student (PyTorch)", "student ONNX fp32", "student ONNX int4"}
+    assert (
+        set(cost["serving"])
+        == set(variants)
+        == {"teacher (PyTorch)", "student (PyTorch)", "student ONNX fp32", "student ONNX int4"}
+    )
     assert set(cost["training"]) == {"distill", "export"}
     assert cost["training_total"]["wh"] == pytest.approx(sum(t["wh"] for t in cost["training"].values()))
     for name, row in variants.items():
@@ -129,7 +145,10 @@ def test_run_reports_cost_for_every_variant_and_stage(tiny_run):
         assert serving["wh"] == pytest.approx(row["energy"]["kwh"] * 1e6 / row["requests"])
         assert serving["wh"] > 0 and row["tokens"] > 0
     # The tiny student is much smaller than the tiny teacher: its ONNX export needs less energy per request.
-    assert cost["serving"]["student ONNX int4"]["per_1k_requests"]["wh"] < cost["serving"]["teacher (PyTorch)"]["per_1k_requests"]["wh"]
+    assert (
+        cost["serving"]["student ONNX int4"]["per_1k_requests"]["wh"]
+        < cost["serving"]["teacher (PyTorch)"]["per_1k_requests"]["wh"]
+    )
     markdown = (tiny_run / "report.md").read_text()
     assert "## Cost" in markdown and "](cost.png)" in markdown
     assert (tiny_run / "cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

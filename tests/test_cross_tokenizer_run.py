@@ -66,7 +66,9 @@ def test_cross_tokenizer_run_trains_from_the_cache_and_reports_alignment(tiny_pa
     assert cross["method"] == method and d["loss"]["kd"] == method
     alignment = cross["alignment"]
     assert alignment["exact"] + alignment["merged"] + alignment["unaligned"] == pytest.approx(1.0)
-    assert alignment["exact"] > 0.3 and alignment["unaligned"] < 0.05  # the student's smaller vocabulary splits words more
+    assert (
+        alignment["exact"] > 0.3 and alignment["unaligned"] < 0.05
+    )  # the student's smaller vocabulary splits words more
     before, after = d["eval_before"]["student"], d["eval"]["student"]
     assert after["loss"] < before["loss"] and after["uld_to_teacher"] < before["uld_to_teacher"]
     assert after["top1_agreement"] > before["top1_agreement"]

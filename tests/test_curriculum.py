@@ -109,7 +109,9 @@ def test_static_schedules_are_seeded_and_start_on_the_best():
 def test_online_selection_keeps_the_most_learnable_and_replays_after_a_kill(tmp_path):
     ids = [f"id{i}" for i in range(40)]
     log = ScheduleLog(tmp_path / "schedule.jsonl", ids)
-    sampler = OnlineSelection(range(40), steps=6, per_step=4, ratio=0.5, refresh=2, seed=3, score=lambda pos: pos, log=log)
+    sampler = OnlineSelection(
+        range(40), steps=6, per_step=4, ratio=0.5, refresh=2, seed=3, score=lambda pos: pos, log=log
+    )
     first = list(sampler)
     assert len(first) == len(sampler) == 24 and sampler.scored == 48
     stream = sampler._candidates()
@@ -155,8 +157,14 @@ def test_user_score_column_is_read_by_example_id(tmp_path):
 def test_curriculum_recipe_errors_name_the_key(tmp_path, curriculum, task, message):
     (tmp_path / "m").mkdir()
     (tmp_path / "d.jsonl").write_text('{"text": "x"}\n')
-    recipe = {"name": "r", "task": task, "teacher": {"path": "m"}, "student": {"path": "m"},
-              "data": {"path": "d.jsonl", "text_field": "text"}, "curriculum": curriculum}
+    recipe = {
+        "name": "r",
+        "task": task,
+        "teacher": {"path": "m"},
+        "student": {"path": "m"},
+        "data": {"path": "d.jsonl", "text_field": "text"},
+        "curriculum": curriculum,
+    }
     (tmp_path / "r.yaml").write_text(json.dumps(recipe))
     with pytest.raises(MinnowError, match=message):
         load_recipe(tmp_path / "r.yaml")

@@ -9,6 +9,7 @@ from conftest import run_minnow, tiny_recipe, write_recipe
 
 pytestmark = pytest.mark.slow  # trains the tiny pair through `minnow distill`
 
+
 def test_online_selection_trains_on_the_kept_examples_and_reports_them(tiny_pair, tmp_path):
     recipe = tiny_recipe(tiny_pair, tmp_path / "runs")
     recipe["distill"] |= {"steps": 6, "save_steps": 100, "batch_size": 4}
@@ -32,8 +33,12 @@ def test_online_selection_trains_on_the_kept_examples_and_reports_them(tiny_pair
         assert row["teacher_nll"] > 0 and row["teacher_entropy"] > 0 and 0 < row["teacher_confidence"] <= 1
         assert row["score"] == row["teacher_nll"] and 0 <= row["heuristic"] <= 1
     costs = c["scorers"]
-    assert costs["teacher forward"]["kind"] == "teacher-forward" and costs["teacher forward"]["examples"] == c["examples"]
-    assert costs["online learnability"]["kind"] == "student-forward" and costs["online learnability"]["examples"] == 3 * 16
+    assert (
+        costs["teacher forward"]["kind"] == "teacher-forward" and costs["teacher forward"]["examples"] == c["examples"]
+    )
+    assert (
+        costs["online learnability"]["kind"] == "student-forward" and costs["online learnability"]["examples"] == 3 * 16
+    )
     assert costs["heuristic rules"]["kind"] == "cheap" and all(v["seconds"] >= 0 for v in costs.values())
 
     assert run_minnow("report", str(run_dir)).returncode == 0

@@ -7,8 +7,13 @@ from minnow.distill.data import python_docstrings, sentence_splits, stable_id, u
 
 def test_sentence_splits_keep_sentences_of_enough_words_with_stable_ids():
     paragraph = "Return the value of the key. Raise KeyError when it is missing from the mapping. Done."
-    got = sentence_splits([{"text": paragraph, "id": "p"}, {"text": "A single sentence paragraph with words."}], min_words=4)
-    assert [ex["text"] for ex in got] == ["Return the value of the key.", "Raise KeyError when it is missing from the mapping."]
+    got = sentence_splits(
+        [{"text": paragraph, "id": "p"}, {"text": "A single sentence paragraph with words."}], min_words=4
+    )
+    assert [ex["text"] for ex in got] == [
+        "Return the value of the key.",
+        "Raise KeyError when it is missing from the mapping.",
+    ]
     assert [ex["id"] for ex in got] == [stable_id({"text": ex["text"]}) for ex in got]
 
 

@@ -34,7 +34,9 @@ def one_torch_thread():
 def qwen(tiny_pair, tmp_path_factory) -> dict:
     """The session's trained tiny Qwen2 teacher (standing in for a merged student), exported at fp32, int8 and int4."""
     root = tmp_path_factory.mktemp("qwen")
-    results = export_causal_lm(tiny_pair["teacher"], root / "onnx", ["fp32", "int8", "int4"], PROMPTS, max_new_tokens=16)
+    results = export_causal_lm(
+        tiny_pair["teacher"], root / "onnx", ["fp32", "int8", "int4"], PROMPTS, max_new_tokens=16
+    )
     return {**tiny_pair, "onnx": root / "onnx", "results": results}
 
 
@@ -85,20 +87,33 @@ def test_int8_and_int4_are_weight_only_matmulnbits_with_an_8bit_lm_head(qwen):
     int8, int4 = matmul_bits(qwen["onnx"] / "int8"), matmul_bits(qwen["onnx"] / "int4")
     assert set(int8) == {8} and len(int8) == len(int4) == 5 * 4 + 1  # qkv, o, gate, up, down in 4 layers; lm_head
     assert set(int4[:-1]) == {4} and int4[-1] == 8
-    assert qwen["results"]["int4"]["size_bytes"] < qwen["results"]["int8"]["size_bytes"] < qwen["results"]["fp32"]["size_bytes"]
+    assert (
+        qwen["results"]["int4"]["size_bytes"]
+        < qwen["results"]["int8"]["size_bytes"]
+        < qwen["results"]["fp32"]["size_bytes"]
+    )
 
 
 def test_tied_embeddings_are_stored_once_at_int4(qwen, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(qwen["teacher"])
     config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "tied")
     tokenizer.save_pretrained(tmp_path / "tied")
     sequences = chat_sequences(tmp_path / "tied")
-    results = export_causal_lm(tmp_path / "tied", tmp_path / "onnx", ["int4"], PROMPTS, 8, gate=Gate(), gate_sequences=sequences)
+    results = export_causal_lm(
+        tmp_path / "tied", tmp_path / "onnx", ["int4"], PROMPTS, 8, gate=Gate(), gate_sequences=sequences
+    )
     graph = onnx.load(tmp_path / "onnx" / "int4" / "model.onnx", load_external_data=False).graph
     vocab_sized = [t.name for t in graph.initializer if t.dims and t.dims[0] == len(tokenizer)]
     assert vocab_sized == ["lm_head.MatMul.weight_Q8", "lm_head.MatMul.weight_scales"]  # one 8-bit table, no fp32 copy
@@ -201,15 +216,21 @@ def matmul_bits(folder) -> list[int]:
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
             assert attrs["block_size"] == 32 and attrs["accuracy_level"] == 4, node.name
             bits.append(attrs["bits"])
-    assert not [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in {t.name for t in graph.initializer}]
+    assert not [
+        n.name
+        for n in graph.node
+        if n.op_type in ("MatMul", "Gemm") and n.input[1] in {t.name for t in graph.initializer}
+    ]
     return bits
 
 
 def test_unsupported_architecture_is_named(tmp_path):
-    T5ForConditionalGeneration(T5Config(num_layers=1, d_model=32, d_kv=8, num_heads=2, d_ff=64, vocab_size=64)).save_pretrained(
-        tmp_path / "t5"
-    )
-    with pytest.raises(MinnowError, match="T5ForConditionalGeneration.*not a decoder-only.*supported:.*Qwen2ForCausalLM.*GPT2"):
+    T5ForConditionalGeneration(
+        T5Config(num_layers=1, d_model=32, d_kv=8, num_heads=2, d_ff=64, vocab_size=64)
+    ).save_pretrained(tmp_path / "t5")
+    with pytest.raises(
+        MinnowError, match="T5ForConditionalGeneration.*not a decoder-only.*supported:.*Qwen2ForCausalLM.*GPT2"
+    ):
         export_causal_lm(tmp_path / "t5", tmp_path / "onnx", ["fp32"], PROMPTS)
     assert not (tmp_path / "onnx").exists()
 

@@ -43,7 +43,9 @@ def write_student(folder: Path, projection: torch.nn.Linear | None = None) -> Pa
     model = AutoModel.from_pretrained(MINILM_DIR)
     model.encoder.layer = torch.nn.ModuleList(model.encoder.layer[i] for i in (0, 2, 4))
     model.config.num_hidden_layers = 3
-    save_sentence_transformer(EncoderWithPooling(model, projection), AutoTokenizer.from_pretrained(MINILM_DIR), folder, 128)
+    save_sentence_transformer(
+        EncoderWithPooling(model, projection), AutoTokenizer.from_pretrained(MINILM_DIR), folder, 128
+    )
     return folder
 
 
@@ -146,9 +148,7 @@ def test_threads_set_intra_op_pool(exported: tuple[dict, Path]) -> None:
 
 
 @pytest.mark.slow
-def test_projection_sets_output_dim_and_only_requested_folders_are_kept(
-    student_dir: Path, tmp_path: Path
-) -> None:
+def test_projection_sets_output_dim_and_only_requested_folders_are_kept(student_dir: Path, tmp_path: Path) -> None:
     projected = write_student(tmp_path / "student", torch.nn.Linear(384, 256))
 
     report = export_embedding(projected, tmp_path / "onnx", ["int8"], TEXTS)

@@ -44,7 +44,9 @@ def test_pure_figures() -> None:
 
 def test_run_reports_gate_per_precision(tiny_run: Path) -> None:
     report = json.loads((tiny_run / "report.json").read_text())
-    held = gate.heldout_sequences(RunDir.open(tiny_run).recipe, AutoTokenizer.from_pretrained(tiny_run / "student"), 4096)
+    held = gate.heldout_sequences(
+        RunDir.open(tiny_run).recipe, AutoTokenizer.from_pretrained(tiny_run / "student"), 4096
+    )
     fp32, int4 = report["export"]["fp32"]["gate"], report["export"]["int4"]["gate"]
     assert fp32["tokens"] == int4["tokens"] == sum(len(s) - 1 for s in held) > 500
     assert fp32["max_abs_logit_diff"] <= 1e-3 and fp32["top1_agreement"] == 1.0
@@ -108,7 +110,9 @@ def outlier_student(student: Path, out: Path) -> Path:
 def test_int4_gate_fails_on_outlier_weights_and_writes_nothing(tiny_run: Path, tiny_pair: dict, tmp_path: Path) -> None:
     broken = outlier_student(tiny_run / "student", tmp_path / "broken")
     sequences = ticket_sequences(broken, tiny_pair["data"])
-    with pytest.raises(MinnowError, match=r"int4 ONNX export failed its quality gate: top1_agreement 0\.\d+ < threshold 0\.9"):
+    with pytest.raises(
+        MinnowError, match=r"int4 ONNX export failed its quality gate: top1_agreement 0\.\d+ < threshold 0\.9"
+    ):
         export_causal_lm(broken, tmp_path / "onnx", ["int4"], PROMPTS, 8, gate=Gate(), gate_sequences=sequences)
     assert list((tmp_path / "onnx").iterdir()) == []
 
@@ -116,7 +120,9 @@ def test_int4_gate_fails_on_outlier_weights_and_writes_nothing(tiny_run: Path, t
 def test_impossible_threshold_fails_minnow_export(tiny_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("onnx", "checkpoints"))
-    (run / "report.json").write_text(json.dumps({k: v for k, v in json.loads((run / "report.json").read_text()).items() if k != "export"}))
+    (run / "report.json").write_text(
+        json.dumps({k: v for k, v in json.loads((run / "report.json").read_text()).items() if k != "export"})
+    )
     resolved = yaml.safe_load((run / "recipe.resolved.yaml").read_text())
     resolved["export"]["gate"]["int4"]["max_kl"] = 0.0
     (run / "recipe.resolved.yaml").write_text(yaml.safe_dump(resolved))
@@ -136,5 +142,7 @@ def test_run_reports_figures_per_artefact(tiny_run: Path) -> None:
         assert figures["prompt_64_tokens"] == 64 and 64 < figures["prompt_512_tokens"] < 256  # the context is 256
         assert figures["ttft_512_ms"] > 0 and figures["ttft_64_ms"] > 0 and figures["load_s"] > 0
         assert figures["decode_tokens_per_s_1_thread"] > 0 and figures["decode_tokens_per_s_2_threads"] > 0
-        assert 20 < figures["peak_rss_mb"] < 300  # the folder's own process, not the 600 MB `minnow run` that started it
+        assert (
+            20 < figures["peak_rss_mb"] < 300
+        )  # the folder's own process, not the 600 MB `minnow run` that started it
     assert "Speed and memory" in (tiny_run / "report.md").read_text()

@@ -23,10 +23,19 @@ def mobile(tiny_run: Path, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("mobile")
     from transformers import AutoTokenizer
 
-    sequences = heldout_sequences(RunDir.open(tiny_run).recipe, AutoTokenizer.from_pretrained(tiny_run / "student"), 4096)
+    sequences = heldout_sequences(
+        RunDir.open(tiny_run).recipe, AutoTokenizer.from_pretrained(tiny_run / "student"), 4096
+    )
     results = export_causal_lm(
-        tiny_run / "student", root / "onnx", ["int4"], PROMPTS, 12,
-        gate=Gate(), gate_sequences=sequences, targets=["cpu", "mobile"], max_length=128,
+        tiny_run / "student",
+        root / "onnx",
+        ["int4"],
+        PROMPTS,
+        12,
+        gate=Gate(),
+        gate_sequences=sequences,
+        targets=["cpu", "mobile"],
+        max_length=128,
     )
     return {"results": results, "root": root}
 
@@ -61,7 +70,9 @@ def test_mobile_generates_like_the_int4_folder(mobile: dict) -> None:
     from minnow.export.causal_lm import encode_prompt
 
     ids = encode_prompt(AutoTokenizer.from_pretrained(mobile["root"] / "mobile"), PROMPTS[0])
-    assert list(stream_generate(mobile["root"] / "mobile", ids, 12)) == list(stream_generate(mobile["root"] / "onnx" / "int4", ids, 12))
+    assert list(stream_generate(mobile["root"] / "mobile", ids, 12)) == list(
+        stream_generate(mobile["root"] / "onnx" / "int4", ids, 12)
+    )
     assert mobile["results"]["mobile"]["parity"] == mobile["results"]["int4"]["parity"]
 
 

@@ -58,7 +58,9 @@ def write_tiny_gguf(path: Path, architecture: str = "llama", seed: int = 0) -> P
     writer.add_chat_template(CHAT_TEMPLATE)
 
     def tensor(name: str, *shape: int) -> None:
-        data = np.ones(shape, np.float32) if name.endswith("norm.weight") else rng.normal(0, 0.2, shape).astype(np.float32)
+        data = (
+            np.ones(shape, np.float32) if name.endswith("norm.weight") else rng.normal(0, 0.2, shape).astype(np.float32)
+        )
         writer.add_tensor(name, data)
 
     kv = HIDDEN // HEADS * KV_HEADS
@@ -96,10 +98,15 @@ def test_gguf_converts_to_a_folder_with_the_same_logits(tmp_path, cache):
     direct = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=file.name, dtype=torch.float32)
     converted = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "hello there"}], tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hello there"}], tokenize=False, add_generation_prompt=True
+    )
     assert text.startswith("<|im_start|>user\nhello there<|im_end|>")
     ids = tokenizer(text, return_tensors="pt").input_ids
-    assert ids.tolist() == AutoTokenizer.from_pretrained(tmp_path, gguf_file=file.name)(text, return_tensors="pt").input_ids.tolist()
+    assert (
+        ids.tolist()
+        == AutoTokenizer.from_pretrained(tmp_path, gguf_file=file.name)(text, return_tensors="pt").input_ids.tolist()
+    )
     with torch.no_grad():
         torch.testing.assert_close(converted(ids).logits, direct(ids).logits, rtol=0, atol=0)
     assert converted.generation_config.eos_token_id == tokenizer.eos_token_id

@@ -33,9 +33,12 @@ def test_temperature_softens_and_scales_by_t_squared():
 def test_forward_kl_equals_torch_kl_div():
     torch.manual_seed(0)
     s, t = torch.randn(3, 5, 11), torch.randn(3, 5, 11)
-    ref = torch.nn.functional.kl_div(
-        torch.log_softmax(s / 1.5, -1), torch.log_softmax(t / 1.5, -1), log_target=True, reduction="none"
-    ).sum(-1) * 1.5**2
+    ref = (
+        torch.nn.functional.kl_div(
+            torch.log_softmax(s / 1.5, -1), torch.log_softmax(t / 1.5, -1), log_target=True, reduction="none"
+        ).sum(-1)
+        * 1.5**2
+    )
     assert torch.allclose(forward_kl(s, t, 1.5), ref, atol=1e-5)
 
 
@@ -125,9 +128,13 @@ def test_jsd_by_hand():
 def test_skew_kls_by_hand():
     a = 0.1
     m = (0.1 * 0.75 + 0.9 * 0.5, 0.1 * 0.25 + 0.9 * 0.5)  # teacher-skewed mixture (0.525, 0.475)
-    assert math.isclose(skew_kl(*TWO, alpha=a).item(), 0.75 * math.log(0.75 / m[0]) + 0.25 * math.log(0.25 / m[1]), rel_tol=1e-6)
+    assert math.isclose(
+        skew_kl(*TWO, alpha=a).item(), 0.75 * math.log(0.75 / m[0]) + 0.25 * math.log(0.25 / m[1]), rel_tol=1e-6
+    )
     r = (0.1 * 0.5 + 0.9 * 0.75, 0.1 * 0.5 + 0.9 * 0.25)  # student-skewed mixture (0.725, 0.275)
-    assert math.isclose(skew_reverse_kl(*TWO, alpha=a).item(), 0.5 * math.log(0.5 / r[0]) + 0.5 * math.log(0.5 / r[1]), rel_tol=1e-6)
+    assert math.isclose(
+        skew_reverse_kl(*TWO, alpha=a).item(), 0.5 * math.log(0.5 / r[0]) + 0.5 * math.log(0.5 / r[1]), rel_tol=1e-6
+    )
 
 
 def _np_softmax(x, t):
@@ -267,8 +274,10 @@ def test_attention_relation_kl_ignores_padding_and_vanishes_at_equality():
     mask = torch.tensor([[1, 1, 1]])
     alone = attention_relation_kl(s, t, mask, heads=4)
     padded = attention_relation_kl(
-        [torch.cat([x, torch.randn(1, 2, 8)], 1) for x in s], [torch.cat([x, torch.randn(1, 2, 12)], 1) for x in t],
-        torch.tensor([[1, 1, 1, 0, 0]]), heads=4,
+        [torch.cat([x, torch.randn(1, 2, 8)], 1) for x in s],
+        [torch.cat([x, torch.randn(1, 2, 12)], 1) for x in t],
+        torch.tensor([[1, 1, 1, 0, 0]]),
+        heads=4,
     )
     assert alone.item() > 0 and math.isclose(padded.item(), alone.item(), rel_tol=1e-5)
     assert attention_relation_kl(t, t, mask, heads=4).abs().item() < 1e-6

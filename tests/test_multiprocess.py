@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow  # trains the tiny pair through `minnow distill`
 
+
 def test_two_processes_match_one_process_with_doubled_grad_accum(tiny_pair, tmp_path):
     recipe = tiny_recipe(tiny_pair, tmp_path / "one", curriculum={"order": "random"})
     recipe["distill"] |= {"steps": 4, "batch_size": 4, "grad_accum": 2, "save_steps": 100, "device": "cpu"}
@@ -24,9 +25,22 @@ def test_two_processes_match_one_process_with_doubled_grad_accum(tiny_pair, tmp_
     recipe["distill"]["grad_accum"] = 1
     env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "minnow", "distill", str(write_recipe(tmp_path / "two.yaml", recipe))],
-        env=env, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "minnow",
+            "distill",
+            str(write_recipe(tmp_path / "two.yaml", recipe)),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert two.returncode == 0, two.stderr[-3000:]
     (run_one,) = (tmp_path / "one").iterdir()

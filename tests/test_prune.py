@@ -62,7 +62,9 @@ def test_kept_layers_and_pruned_mlp_compute_what_they_should(tiny_pair, tmp_path
 
 @pytest.mark.slow
 def test_run_with_a_student_cut_from_the_teacher(tiny_pair, tmp_path):
-    recipe = tiny_recipe(tiny_pair, tmp_path / "runs", student={"from_teacher": {"keep_fraction": 0.5, "mlp_fraction": 0.5}})
+    recipe = tiny_recipe(
+        tiny_pair, tmp_path / "runs", student={"from_teacher": {"keep_fraction": 0.5, "mlp_fraction": 0.5}}
+    )
     recipe["distill"] |= {"steps": 4, "save_steps": 100}
     result = run_minnow("distill", str(write_recipe(tmp_path / "p.yaml", recipe)))
     assert result.returncode == 0, result.stderr[-3000:]

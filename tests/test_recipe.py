@@ -77,7 +77,9 @@ def test_bad_jsonl_line_and_missing_field_are_named(tmp_path, tiny_pair):
     data.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n')
     recipe = tiny_recipe(tiny_pair, tmp_path)
     recipe["data"]["path"] = str(data)
-    assert_clear_failure(run_minnow("validate", str(write_recipe(tmp_path / "r.yaml", recipe))), "d.jsonl:2", "'response'")
+    assert_clear_failure(
+        run_minnow("validate", str(write_recipe(tmp_path / "r.yaml", recipe))), "d.jsonl:2", "'response'"
+    )
     data.write_text('{"prompt": "a", "response": "b"}\n{not json\n')
     assert_clear_failure(run_minnow("validate", str(tmp_path / "r.yaml")), "d.jsonl:2", "not valid JSON")
 

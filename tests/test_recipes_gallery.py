@@ -47,7 +47,9 @@ def _pairs_csv(path: Path, n: int) -> None:
 
 def _labels_csv(path: Path, n: int) -> None:
     labels = ["battery", "billing", "shipping"]
-    path.write_text("id,ticket,label\n" + "".join(f"{i},Ticket number {i} is about this,{labels[i % 3]}\n" for i in range(n)))
+    path.write_text(
+        "id,ticket,label\n" + "".join(f"{i},Ticket number {i} is about this,{labels[i % 3]}\n" for i in range(n))
+    )
 
 
 def _alpaca_parquet(path: Path, n: int) -> None:
@@ -186,7 +188,9 @@ def _model_folder(path: Path, texts: list[str], hidden: int, layers: int) -> Pat
     tok.save_pretrained(path)
     vocab = len(tok)
     tensors = {"model.embed_tokens.weight": np.zeros((vocab, hidden), np.float32)}
-    tensors |= {f"model.layers.{i}.mlp.up_proj.weight": np.zeros((2 * hidden, hidden), np.float32) for i in range(layers)}
+    tensors |= {
+        f"model.layers.{i}.mlp.up_proj.weight": np.zeros((2 * hidden, hidden), np.float32) for i in range(layers)
+    }
     save_file(tensors | {"lm_head.weight": np.zeros((vocab, hidden), np.float32)}, str(path / "model.safetensors"))
     (path / "config.json").write_text(json.dumps({"vocab_size": vocab}))
     return path

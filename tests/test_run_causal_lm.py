@@ -9,8 +9,17 @@ from safetensors import safe_open
 
 
 def test_run_directory_holds_every_stage_output(tiny_run):
-    for path in ["recipe.resolved.yaml", "report.json", "report.md", "data/quality.jsonl", "student/model.safetensors",
-                 "student/tokenizer.json", "onnx/fp32/model.onnx", "onnx/fp32/genai_config.json", "onnx/int4/model.onnx"]:
+    for path in [
+        "recipe.resolved.yaml",
+        "report.json",
+        "report.md",
+        "data/quality.jsonl",
+        "student/model.safetensors",
+        "student/tokenizer.json",
+        "onnx/fp32/model.onnx",
+        "onnx/fp32/genai_config.json",
+        "onnx/int4/model.onnx",
+    ]:
         assert (tiny_run / path).is_file(), path
     resolved = yaml.safe_load((tiny_run / "recipe.resolved.yaml").read_text())
     assert resolved["distill"]["temperature"] == 2.0 and resolved["export"]["precisions"] == ["fp32", "int4"]
@@ -71,10 +80,16 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_pair, tmp_path):
     recipe["export"] = {"precisions": ["fp32"]}
     path = write_recipe(tmp_path / "r.yaml", recipe)
     env = os.environ | {"HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "minnow", "run", str(path)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "minnow", "run", str(path)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
-    while not list((tmp_path / "runs").glob("*/checkpoints/checkpoint-10/trainer_state.json")) and time.time() < deadline:
+    while (
+        not list((tmp_path / "runs").glob("*/checkpoints/checkpoint-10/trainer_state.json")) and time.time() < deadline
+    ):
         time.sleep(0.2)
     assert proc.poll() is None, "the run finished before it could be killed mid-training"
     proc.send_signal(signal.SIGKILL)

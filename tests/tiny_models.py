@@ -112,7 +112,9 @@ def make_pair(
     """Write tokenizer, teacher, student and a prompt/response jsonl under ``root``; return their paths."""
     root.mkdir(parents=True, exist_ok=True)
     rows = support_tickets(n_rows, seed)
-    chats = [f"<|im_start|>user\n{r['prompt']}<|im_end|>\n<|im_start|>assistant\n{r['response']}<|im_end|>\n" for r in rows]
+    chats = [
+        f"<|im_start|>user\n{r['prompt']}<|im_end|>\n<|im_start|>assistant\n{r['response']}<|im_end|>\n" for r in rows
+    ]
     tok = train_tokenizer(chats)
     vocab = len(tok)
     torch.manual_seed(seed)

@@ -140,13 +140,17 @@ def heldout_loss(student, held: list[list[int]]) -> float:
     return total / tokens
 
 
-def train_student(student_config, pool, logits, held, sampler, steps: int, seed: int) -> tuple[list[tuple[int, float]], list[int], float]:
+def train_student(
+    student_config, pool, logits, held, sampler, steps: int, seed: int
+) -> tuple[list[tuple[int, float]], list[int], float]:
     """Distil for ``steps`` steps on the positions ``sampler`` yields; held-out curve, trained positions, seconds."""
     torch.manual_seed(seed)
     student = AutoModelForCausalLM.from_config(student_config)
     opt = torch.optim.AdamW(student.parameters(), lr=3e-3)
     warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / (steps - warmup))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / (steps - warmup)))
+    )
     it = iter(sampler(student))
     curve, trained, seconds = [], [], 0.0
     for step in range(1, steps + 1):
@@ -188,7 +192,9 @@ def main() -> None:
     parser.add_argument("--teacher-steps", type=int, default=400)
     parser.add_argument("--noise", type=float, nargs="*", default=NOISE, help="noise levels this process runs")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "minnow-curriculum-bench")
-    parser.add_argument("--summarise", action="store_true", help="only merge the per-noise results into markdown + plot")
+    parser.add_argument(
+        "--summarise", action="store_true", help="only merge the per-noise results into markdown + plot"
+    )
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
@@ -196,7 +202,11 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     if args.summarise:
         merged = [json.loads(f.read_text()) for f in sorted(OUT.glob("curriculum-noise*.json"))]
-        summarise([r for m in merged for r in m["results"]], argparse.Namespace(**merged[0]["args"]), merged[0]["teacher_heldout_nll"])
+        summarise(
+            [r for m in merged for r in m["results"]],
+            argparse.Namespace(**merged[0]["args"]),
+            merged[0]["teacher_heldout_nll"],
+        )
         return
     torch.set_num_threads(1)
 
@@ -261,8 +271,12 @@ def main() -> None:
                 "uniform": lambda s: iter([i for b in shuffled(range(POOL), T, BATCH, seed) for i in b]),
                 "static filter": lambda s: iter([i for b in shuffled(filtered, T, BATCH, seed) for i in b]),
                 "paced": lambda s: iter([i for b in paced(ranking, T, BATCH, "root", 0.2, 0.5, seed) for i in b]),
-                "paced + filter": lambda s: iter([i for b in paced(filtered, T, BATCH, "root", 0.2, 0.5, seed) for i in b]),
-                "reversed": lambda s: iter([i for b in paced(ranking[::-1], T, BATCH, "root", 0.2, 0.5, seed) for i in b]),
+                "paced + filter": lambda s: iter(
+                    [i for b in paced(filtered, T, BATCH, "root", 0.2, 0.5, seed) for i in b]
+                ),
+                "reversed": lambda s: iter(
+                    [i for b in paced(ranking[::-1], T, BATCH, "root", 0.2, 0.5, seed) for i in b]
+                ),
                 "oracle": lambda s: iter([i for b in shuffled(clean_only, T, BATCH, seed) for i in b]),
             }
             online_holder: dict = {}
@@ -276,32 +290,58 @@ def main() -> None:
             schedules["online"] = online
             for arm in ARMS:
                 curve, trained, seconds = train_student(student_config, pool, logits, held, schedules[arm], T, seed)
-                cost = {"teacher pass (NLL, shared with the KD logit cache)": teacher_seconds, "near-duplicates": dedup_seconds}
+                cost = {
+                    "teacher pass (NLL, shared with the KD logit cache)": teacher_seconds,
+                    "near-duplicates": dedup_seconds,
+                }
                 if arm == "online":
                     cost["online learnability"] = online_holder["sampler"].seconds
                     seconds -= online_holder["sampler"].seconds  # scoring happened inside the step loop
                 if arm in ("uniform", "oracle"):
                     cost = {}
-                results.append({
-                    "noise": noise, "seed": seed, "arm": arm, "curve": curve, "train_seconds": seconds,
-                    "scoring_seconds": cost,
-                    "corrupted_trained": sum(label[i] != "clean" for i in trained) / len(trained),
-                    "distinct_trained": len(set(trained)),
-                })
-                print(f"noise {noise:.0%} seed {seed} {arm:15s} final {curve[-1][1]:.4f} "
-                      f"corrupted {results[-1]['corrupted_trained']:.1%} train {seconds:.1f} s", flush=True)
+                results.append(
+                    {
+                        "noise": noise,
+                        "seed": seed,
+                        "arm": arm,
+                        "curve": curve,
+                        "train_seconds": seconds,
+                        "scoring_seconds": cost,
+                        "corrupted_trained": sum(label[i] != "clean" for i in trained) / len(trained),
+                        "distinct_trained": len(set(trained)),
+                    }
+                )
+                print(
+                    f"noise {noise:.0%} seed {seed} {arm:15s} final {curve[-1][1]:.4f} "
+                    f"corrupted {results[-1]['corrupted_trained']:.1%} train {seconds:.1f} s",
+                    flush=True,
+                )
             if seed == 0:
                 by_kind = {k: [heuristic[p] > 0 for p in range(POOL) if label[p] == k] for k in ["clean", *KINDS]}
                 caught = {k: [ids[p] in duplicates for p in range(POOL) if label[p] == k] for k in ["clean", *KINDS]}
-                nll_by_kind = {k: float(np.mean([t_nll[p] for p in range(POOL) if label[p] == k])) for k in by_kind if by_kind[k]}
-                results.append({"noise": noise, "diagnostics": {
-                    "heuristic_flagged": {k: float(np.mean(v)) for k, v in by_kind.items() if v},
-                    "minhash_dropped": {k: float(np.mean(v)) for k, v in caught.items() if v},
-                    "teacher_nll_mean": nll_by_kind,
-                    "seconds": {"teacher pass": teacher_seconds, "near-duplicates": dedup_seconds, "heuristic rules": heuristic_seconds},
-                }})
-            out = {"args": {k: v for k, v in vars(args).items() if k in ("seeds", "steps", "teacher_steps", "quick")},
-                   "teacher_heldout_nll": teacher_held, "results": [r for r in results if r["noise"] == noise]}
+                nll_by_kind = {
+                    k: float(np.mean([t_nll[p] for p in range(POOL) if label[p] == k])) for k in by_kind if by_kind[k]
+                }
+                results.append(
+                    {
+                        "noise": noise,
+                        "diagnostics": {
+                            "heuristic_flagged": {k: float(np.mean(v)) for k, v in by_kind.items() if v},
+                            "minhash_dropped": {k: float(np.mean(v)) for k, v in caught.items() if v},
+                            "teacher_nll_mean": nll_by_kind,
+                            "seconds": {
+                                "teacher pass": teacher_seconds,
+                                "near-duplicates": dedup_seconds,
+                                "heuristic rules": heuristic_seconds,
+                            },
+                        },
+                    }
+                )
+            out = {
+                "args": {k: v for k, v in vars(args).items() if k in ("seeds", "steps", "teacher_steps", "quick")},
+                "teacher_heldout_nll": teacher_held,
+                "results": [r for r in results if r["noise"] == noise],
+            }
             (OUT / f"curriculum-noise{int(noise * 100):02d}.json").write_text(json.dumps(out, indent=1))
     if set(args.noise) == set(NOISE):
         summarise(results, args, teacher_held)
@@ -327,7 +367,10 @@ def summarise(results: list[dict], args, teacher_held: float) -> None:
                 steps = reach(r)
                 scoring = sum(r["scoring_seconds"].values())
                 shared = scoring - r["scoring_seconds"].get("teacher pass (NLL, shared with the KD logit cache)", 0.0)
-                row = table.setdefault((noise, arm), {k: [] for k in ("speedup", "net", "net_shared", "final", "final_rel", "corrupted", "cost_steps")})
+                row = table.setdefault(
+                    (noise, arm),
+                    {k: [] for k in ("speedup", "net", "net_shared", "final", "final_rel", "corrupted", "cost_steps")},
+                )
                 row["speedup"].append(uni_steps / steps if steps else 0.0)
                 row["net"].append(uni_steps / (steps + scoring / step_s) if steps else 0.0)
                 row["net_shared"].append(uni_steps / (steps + shared / step_s) if steps else 0.0)
@@ -370,13 +413,20 @@ def summarise(results: list[dict], args, teacher_held: float) -> None:
             )
     diags = [r for r in results if "diagnostics" in r]
     if diags:
-        lines += ["", "## What each scorer sees (seed 0)", "",
-                  "| noise | kind | teacher NLL | flagged by heuristic rules | dropped by MinHash |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## What each scorer sees (seed 0)",
+            "",
+            "| noise | kind | teacher NLL | flagged by heuristic rules | dropped by MinHash |",
+            "|---|---|---|---|---|",
+        ]
         for d in diags:
             g = d["diagnostics"]
             for kind, nll in g["teacher_nll_mean"].items():
-                lines.append(f"| {d['noise']:.0%} | {kind} | {nll:.2f} | {g['heuristic_flagged'].get(kind, 0):.0%} | "
-                             f"{g['minhash_dropped'].get(kind, 0):.0%} |")
+                lines.append(
+                    f"| {d['noise']:.0%} | {kind} | {nll:.2f} | {g['heuristic_flagged'].get(kind, 0):.0%} | "
+                    f"{g['minhash_dropped'].get(kind, 0):.0%} |"
+                )
     lines += ["", "![clean held-out NLL per arm](curriculum.png)", ""]
     (OUT / "curriculum.md").write_text("\n".join(lines))
     plot(runs, args)

@@ -42,7 +42,11 @@ CPU = torch.device("cpu")
 
 
 def teacher_answers(teacher, tok, prompts: list[str], max_new_tokens: int) -> dict[str, str]:
-    known = {r["prompt"]: r["response"] for r in map(json.loads, ANSWERS.read_text().splitlines())} if ANSWERS.is_file() else {}
+    known = (
+        {r["prompt"]: r["response"] for r in map(json.loads, ANSWERS.read_text().splitlines())}
+        if ANSWERS.is_file()
+        else {}
+    )
     missing = [p for p in prompts if p not in known]
     if missing:
         known |= dict(zip(missing, generate(teacher, tok, missing, True, max_new_tokens, 0.0, 8, CPU)))
@@ -85,7 +89,10 @@ def main() -> None:
     m = results["models"] = {name: results["models"][name] for name in models if name in results["models"]}
     opened, closed = m["student_init"]["kl_to_teacher"], m["student"]["kl_to_teacher"]
     results["kl_recovered"] = (opened - closed) / opened
-    targets = {"kl_recovered >= 0.75": results["kl_recovered"] >= 0.75, "top1 >= 0.40": m["student"]["top1_agreement"] >= 0.4}
+    targets = {
+        "kl_recovered >= 0.75": results["kl_recovered"] >= 0.75,
+        "top1 >= 0.40": m["student"]["top1_agreement"] >= 0.4,
+    }
     if "student_sft" in m:
         results["kl_vs_sft"] = closed / m["student_sft"]["kl_to_teacher"] - 1
         targets["KL >= 20% below SFT"] = results["kl_vs_sft"] <= -0.2
@@ -115,7 +122,11 @@ def markdown(r: dict) -> str:
     lines += ["", f"KL recovered (student_init → student): {r['kl_recovered']:.1%}"]
     if "kl_vs_sft" in r:
         lines.append(f"KD student's KL vs the SFT-only student's: {r['kl_vs_sft']:+.1%}")
-    lines += ["", "Targets (issue #14): " + ", ".join(f"{k}: {'met' if v else 'missed'}" for k, v in r["targets"].items()), ""]
+    lines += [
+        "",
+        "Targets (issue #14): " + ", ".join(f"{k}: {'met' if v else 'missed'}" for k, v in r["targets"].items()),
+        "",
+    ]
     return "\n".join(lines)
 
 

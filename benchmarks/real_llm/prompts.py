@@ -11,7 +11,16 @@ TASKS = [
     "Write a friendly two-line note recommending {t}.",
     "How would you explain {t} to someone from the year 1800?",
 ]
-TOPICS = ["penguins", "the periodic table", "meditation", "black holes", "coffee", "the Olympic Games", "bicycles", "origami"]
+TOPICS = [
+    "penguins",
+    "the periodic table",
+    "meditation",
+    "black holes",
+    "coffee",
+    "the Olympic Games",
+    "bicycles",
+    "origami",
+]
 
 
 def heldout_prompts() -> list[str]:

@@ -17,8 +17,12 @@ from typing import Any
 
 from .recipe import Cost
 
-MEASURED_CPU_MODES = {"intel_rapl": "RAPL", "windows_emi": "Windows EMI", "intel_power_gadget": "Intel Power Gadget",
-                      "apple_powermetrics": "powermetrics"}
+MEASURED_CPU_MODES = {
+    "intel_rapl": "RAPL",
+    "windows_emi": "Windows EMI",
+    "intel_power_gadget": "Intel Power Gadget",
+    "apple_powermetrics": "powermetrics",
+}
 
 
 @dataclass(frozen=True)

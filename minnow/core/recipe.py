@@ -33,13 +33,20 @@ class Teacher(Section):
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype when loaded.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when `path` is a hub id.")
-    trust_remote_code: bool = Field(False, description="Run model code shipped with the weights. Off unless you trust it.")
+    trust_remote_code: bool = Field(
+        False, description="Run model code shipped with the weights. Off unless you trust it."
+    )
 
 
 class FromTeacher(Section):
-    layers: list[int] | None = Field(None, description="Indices of the teacher's transformer layers the student keeps, in order.")
+    layers: list[int] | None = Field(
+        None, description="Indices of the teacher's transformer layers the student keeps, in order."
+    )
     keep_fraction: float | None = Field(
-        None, gt=0, le=1, description="Causal-LM: keep this share of layers, the most important by 1 − cos(in, out) (ShortGPT/Minitron)."
+        None,
+        gt=0,
+        le=1,
+        description="Causal-LM: keep this share of layers, the most important by 1 − cos(in, out) (ShortGPT/Minitron).",
     )
     mlp_fraction: float | None = Field(
         None, gt=0, le=1, description="Causal-LM: keep this share of MLP hidden units, the most active ones (Minitron)."
@@ -60,7 +67,9 @@ class FromTeacher(Section):
 
 
 class Student(Section):
-    path: str | None = Field(None, description="Local folder, hub id, `.gguf` file or `package:` reference of the student.")
+    path: str | None = Field(
+        None, description="Local folder, hub id, `.gguf` file or `package:` reference of the student."
+    )
     from_teacher: FromTeacher | None = Field(None, description="Derive the student from the teacher instead of `path`.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype while training.")
     revision: str | None = Field(None, description="Hub revision when `path` is a hub id.")
@@ -95,13 +104,18 @@ class Data(Section):
     prompt_field: str | None = Field(None, description="Field holding the prompt (instruction data).")
     response_field: str | None = Field(None, description="Field holding the response; only its tokens are trained.")
     prompt_template: str | None = Field(
-        None, description="Wraps each prompt, `{prompt}` marking where it goes: the teacher must see the task to teach it."
+        None,
+        description="Wraps each prompt, `{prompt}` marking where it goes: the teacher must see the task to teach it.",
     )
     messages_field: str | None = Field(
         None, description="Field holding a chat, a list of {role, content} (OpenAI style); assistant turns are trained."
     )
-    chat_template: bool = Field(True, description="Render prompt/response or messages with the tokenizer's chat template.")
-    heldout: int = Field(64, ge=1, description="Examples held out for evaluation (chosen by stable id, not file order).")
+    chat_template: bool = Field(
+        True, description="Render prompt/response or messages with the tokenizer's chat template."
+    )
+    heldout: int = Field(
+        64, ge=1, description="Examples held out for evaluation (chosen by stable id, not file order)."
+    )
     sentence_splits: bool = Field(
         False, description="Embedding task: also train on the sentences of each training paragraph (query-like texts)."
     )
@@ -112,9 +126,12 @@ class Data(Section):
     )
     unseen_examples: int = Field(500, gt=1, description="Texts in the `unseen` evaluation (chosen by stable id).")
     max_examples: int | None = Field(None, gt=0, description="Use at most this many training examples.")
-    encoding: str = Field("utf-8", description="Text encoding of a .jsonl, .json, .csv or .txt file (e.g. latin-1, cp1252).")
+    encoding: str = Field(
+        "utf-8", description="Text encoding of a .jsonl, .json, .csv or .txt file (e.g. latin-1, cp1252)."
+    )
     on_bad_line: Literal["stop", "skip"] = Field(
-        "stop", description="A malformed row: `stop` naming its file:line, or `skip` it with a warning naming file:line."
+        "stop",
+        description="A malformed row: `stop` naming its file:line, or `skip` it with a warning naming file:line.",
     )
 
     @model_validator(mode="after")
@@ -122,7 +139,9 @@ class Data(Section):
         try:
             codecs.lookup(self.encoding)
         except LookupError:
-            raise ValueError(f"encoding: unknown text encoding {self.encoding!r} (e.g. utf-8, latin-1, cp1252)") from None
+            raise ValueError(
+                f"encoding: unknown text encoding {self.encoding!r} (e.g. utf-8, latin-1, cp1252)"
+            ) from None
         if sum(x is not None for x in (self.path, self.dataset, self.builtin)) != 1:
             raise ValueError("give exactly one of `path`, `dataset` or `builtin`")
         if (self.prompt_field is None) != (self.response_field is None):
@@ -151,7 +170,9 @@ class Distill(Section):
         "Q/K/V self-relations, MiniLMv2); `tokens` and `attention` run the teacher on each batch.",
     )
     relation_heads: int = Field(
-        12, gt=0, description="Embedding task, `attention` term: relation heads the Q/K/V vectors are split into (MiniLMv2)."
+        12,
+        gt=0,
+        description="Embedding task, `attention` term: relation heads the Q/K/V vectors are split into (MiniLMv2).",
     )
     freeze_embeddings: bool = Field(
         True, description="Embedding task: keep the token-embedding table copied from the teacher fixed (faster steps)."
@@ -170,18 +191,27 @@ class Distill(Section):
     save_steps: int = Field(100, gt=0, description="Checkpoint every this many steps (a rerun resumes from the last).")
     save_total_limit: int = Field(2, gt=0, description="Checkpoints kept in checkpoints/; older ones are deleted.")
     seed: int = Field(0, description="Seed for initialisation, data split and order.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train; `auto` picks CUDA when present.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where to train; `auto` picks CUDA when present."
+    )
     teacher_cache: bool = Field(
         False, description="Causal-LM: run the teacher once, cache its top-k logits in the run dir, train without it."
     )
-    cache_top_k: int = Field(64, gt=0, description="Teacher logits kept per token in the cache; the rest is one tail bucket.")
+    cache_top_k: int = Field(
+        64, gt=0, description="Teacher logits kept per token in the cache; the rest is one tail bucket."
+    )
     mode: Literal["logits", "sequence"] = Field(
         "logits", description="`sequence`: train on the teacher's own responses to the prompts (Kim & Rush 2016)."
     )
-    max_new_tokens: int = Field(128, gt=0, description="Longest response the teacher (sequence mode) or student (on-policy) writes.")
+    max_new_tokens: int = Field(
+        128, gt=0, description="Longest response the teacher (sequence mode) or student (on-policy) writes."
+    )
     generation_temperature: float = Field(0.0, ge=0, description="Sampling temperature of those responses; 0 = greedy.")
     on_policy_fraction: float = Field(
-        0.0, ge=0, le=1, description="Share of steps on the student's own continuations scored by the teacher (GKD's λ)."
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of steps on the student's own continuations scored by the teacher (GKD's λ).",
     )
     baseline: Literal["none", "sft"] = Field(
         "none",
@@ -194,7 +224,8 @@ class Distill(Section):
         "the rest), `uld` (Boizard et al. 2024), `auto` (hybrid when half the student's vocabulary matches), `off` stops.",
     )
     eos_kd: bool = Field(
-        True, description="Cross-tokenizer: distill the appended end-of-sequence too; false trains it by CE only (base teachers)."
+        True,
+        description="Cross-tokenizer: distill the appended end-of-sequence too; false trains it by CE only (base teachers).",
     )
     rebuild_stale_cache: bool = Field(
         False, description="Rebuild a teacher cache whose teacher, tokenizer, data or settings changed (else stop)."
@@ -209,26 +240,54 @@ class Curriculum(Section):
         "super-batch, rescored with the current student; `random`: seeded shuffle.",
     )
     score: Literal[
-        "auto", "teacher-nll", "teacher-entropy", "teacher-confidence", "learnability", "heuristic", "incoherence", "field"
+        "auto",
+        "teacher-nll",
+        "teacher-entropy",
+        "teacher-confidence",
+        "learnability",
+        "heuristic",
+        "incoherence",
+        "field",
     ] = Field(
         "auto",
         description="What ranks examples: `auto` is `field` with `score_field`, else teacher-nll (causal-lm) or "
         "incoherence (embedding); `learnability` = student − teacher loss; `heuristic` = share of quality rules broken.",
     )
-    score_field: str | None = Field(None, description="A numeric column of the data holding your own quality score (higher = better).")
-    keep: float = Field(1.0, gt=0, le=1, description="Static filter: train only on this best-scored fraction of the examples.")
+    score_field: str | None = Field(
+        None, description="A numeric column of the data holding your own quality score (higher = better)."
+    )
+    keep: float = Field(
+        1.0, gt=0, le=1, description="Static filter: train only on this best-scored fraction of the examples."
+    )
     heuristic_filter: bool = Field(
-        False, description="Drop examples breaking a Gopher/FineWeb quality rule (length, symbols, punctuation, repetition)."
+        False,
+        description="Drop examples breaking a Gopher/FineWeb quality rule (length, symbols, punctuation, repetition).",
     )
     near_dedup: bool = Field(True, description="Drop near-duplicates (MinHash over word 5-grams), keeping the first.")
-    near_dedup_threshold: float = Field(0.9, gt=0, le=1, description="Estimated Jaccard similarity at which texts are near-duplicates.")
-    pacing: Literal["linear", "root", "step"] = Field("root", description="`paced` order: how the data in play grows (Platanios et al. 2019).")
-    start_fraction: float = Field(0.2, gt=0, le=1, description="`paced` order: best fraction of the examples in play at step 0.")
-    full_at: float = Field(0.5, gt=0, le=1, description="`paced` order: fraction of the steps after which every kept example is in play.")
-    tau_start: float = Field(0.1, gt=0, description="`soft` order: temperature at the first step (small = best examples only).")
-    tau_end: float = Field(10.0, gt=0, description="`soft` order: temperature at the last step (large = nearly uniform).")
-    select_ratio: float = Field(0.5, gt=0, le=1, description="`online` order: fraction of each scored super-batch that is trained on.")
-    refresh_steps: int = Field(10, gt=0, description="`online` order: steps trained on each selection before the next is scored.")
+    near_dedup_threshold: float = Field(
+        0.9, gt=0, le=1, description="Estimated Jaccard similarity at which texts are near-duplicates."
+    )
+    pacing: Literal["linear", "root", "step"] = Field(
+        "root", description="`paced` order: how the data in play grows (Platanios et al. 2019)."
+    )
+    start_fraction: float = Field(
+        0.2, gt=0, le=1, description="`paced` order: best fraction of the examples in play at step 0."
+    )
+    full_at: float = Field(
+        0.5, gt=0, le=1, description="`paced` order: fraction of the steps after which every kept example is in play."
+    )
+    tau_start: float = Field(
+        0.1, gt=0, description="`soft` order: temperature at the first step (small = best examples only)."
+    )
+    tau_end: float = Field(
+        10.0, gt=0, description="`soft` order: temperature at the last step (large = nearly uniform)."
+    )
+    select_ratio: float = Field(
+        0.5, gt=0, le=1, description="`online` order: fraction of each scored super-batch that is trained on."
+    )
+    refresh_steps: int = Field(
+        10, gt=0, description="`online` order: steps trained on each selection before the next is scored."
+    )
     dedup: bool = Field(True, description="Drop exact duplicate examples (by stable id) before training.")
 
 
@@ -268,12 +327,16 @@ class Export(Section):
         default_factory=lambda: {"fp32": 0.999, "int8": 0.99},
         description="Embedding: least mean cosine of each ONNX precision's embeddings to PyTorch's on the parity texts.",
     )
-    timed_texts: int = Field(256, gt=0, description="Embedding: held-out texts timed for sentences/s in the measure stage.")
+    timed_texts: int = Field(
+        256, gt=0, description="Embedding: held-out texts timed for sentences/s in the measure stage."
+    )
     execution_provider: str = Field(
-        "CPUExecutionProvider", description="onnxruntime execution provider for the embedding ONNX variants (measure, demo)."
+        "CPUExecutionProvider",
+        description="onnxruntime execution provider for the embedding ONNX variants (measure, demo).",
     )
     gate: Gate = Field(
-        default_factory=Gate, description="Causal-lm: quality each precision must keep against PyTorch on held-out tokens."
+        default_factory=Gate,
+        description="Causal-lm: quality each precision must keep against PyTorch on held-out tokens.",
     )
     int4_lm_head: Literal["int8", "int4"] = Field(
         "int8", description="Causal-lm int4: bits of the output projection (8 keeps the most sensitive MatMul finer)."
@@ -282,7 +345,9 @@ class Export(Section):
         ["cpu"], description="Causal-lm: `mobile` adds mobile/, the int4 folder as an ORT-format model for phones."
     )
     max_length: int | None = Field(
-        None, gt=1, description="Longest prompt + output of the exported folders; default the model's context (mobile: 2048)."
+        None,
+        gt=1,
+        description="Longest prompt + output of the exported folders; default the model's context (mobile: 2048).",
     )
     measure: bool = Field(
         True, description="Causal-lm: size, load time, time to first token, decode tokens/s and peak RSS per folder."
@@ -296,28 +361,39 @@ class Serve(Section):
     max_new_tokens: int = Field(64, gt=0, le=1024, description="Most tokens a variant generates per request.")
     max_queue: int = Field(16, gt=0, description="Requests waiting in the demo's queue before new ones are refused.")
     time_limit_s: float = Field(
-        300.0, gt=0, description="Longest a demo request runs; variants it has not reached by then are shown as skipped."
+        300.0,
+        gt=0,
+        description="Longest a demo request runs; variants it has not reached by then are shown as skipped.",
     )
     top_k: int = Field(5, gt=0, le=50, description="Search results shown per variant (embedding runs).")
     benchmark_prompts: int = Field(
-        8, gt=0, le=256, description="Held-out prompts (or queries) per variant in the measure stage and the Benchmark tab."
+        8,
+        gt=0,
+        le=256,
+        description="Held-out prompts (or queries) per variant in the measure stage and the Benchmark tab.",
     )
     search_corpus: int = Field(2000, gt=0, description="Embedding: texts in the demo's search corpus (held-out first).")
 
 
 class Cost(Section):
     price_per_kwh: float = Field(
-        0.15, ge=0, description="Electricity price per kWh, used when `price_per_hour` is not given (default: a typical 2024 rate)."
+        0.15,
+        ge=0,
+        description="Electricity price per kWh, used when `price_per_hour` is not given (default: a typical 2024 rate).",
     )
     price_per_hour: float | None = Field(
         None, ge=0, description="Price per hour of the machine (cloud or amortised); when given, money = hours × this."
     )
     currency: str = Field("USD", description="Label for money figures.")
     carbon_g_per_kwh: float = Field(
-        475, ge=0, description="Grid carbon intensity in gCO2e per kWh (default: IEA world average, as codecarbon uses)."
+        475,
+        ge=0,
+        description="Grid carbon intensity in gCO2e per kWh (default: IEA world average, as codecarbon uses).",
     )
     cpu_watts: float | None = Field(
-        None, gt=0, description="Your CPU's power in W, instead of codecarbon's estimate where no power counter is readable."
+        None,
+        gt=0,
+        description="Your CPU's power in W, instead of codecarbon's estimate where no power counter is readable.",
     )
     ram_watts: float | None = Field(None, gt=0, description="Your RAM's power in W, instead of codecarbon's estimate.")
     requests_per_day: int | None = Field(
@@ -332,11 +408,17 @@ class Recipe(Section):
     student: Student = Field(description="The small model that is trained and exported.")
     lora: Lora | None = Field(None, description="LoRA settings; null trains every weight of the student.")
     data: Data = Field(description="The examples to distill on, and how to read them.")
-    distill: Distill = Field(default_factory=Distill, description="Training: loss, steps, batch, learning rate, device.")
-    curriculum: Curriculum = Field(default_factory=Curriculum, description="Order and deduplication of training examples.")
+    distill: Distill = Field(
+        default_factory=Distill, description="Training: loss, steps, batch, learning rate, device."
+    )
+    curriculum: Curriculum = Field(
+        default_factory=Curriculum, description="Order and deduplication of training examples."
+    )
     export: Export = Field(default_factory=Export, description="ONNX export of the student and its parity gate.")
     serve: Serve = Field(default_factory=Serve, description="The Gradio demo.")
-    cost: Cost = Field(default_factory=Cost, description="Prices and grid carbon intensity behind the report's cost figures.")
+    cost: Cost = Field(
+        default_factory=Cost, description="Prices and grid carbon intensity behind the report's cost figures."
+    )
     runs_dir: str = Field("runs", description="Where run directories are created (relative to the working directory).")
 
     @model_validator(mode="after")
@@ -347,14 +429,20 @@ class Recipe(Section):
             if self.distill.baseline != "none":
                 raise ValueError("distill.baseline: the SFT baseline is for causal-lm recipes")
             if "int4" in self.export.precisions:
-                raise ValueError("export.precisions: int4 is for causal-lm students; embedding students take fp32, int8")
+                raise ValueError(
+                    "export.precisions: int4 is for causal-lm students; embedding students take fp32, int8"
+                )
             if self.data.prompt_field is not None or self.data.messages_field is not None:
                 raise ValueError("data: embedding recipes take `text_field`, not prompt/response or messages fields")
         if "mobile" in self.export.targets and (self.task != "causal-lm" or "int4" not in self.export.precisions):
-            raise ValueError("export.targets: mobile is made from the int4 causal-lm export; add int4 to export.precisions")
+            raise ValueError(
+                "export.targets: mobile is made from the int4 causal-lm export; add int4 to export.precisions"
+            )
         spec = self.student.from_teacher
         if self.task == "embedding" and spec is not None and (spec.layers is None or spec.mlp_fraction is not None):
-            raise ValueError("student.from_teacher: embedding students take `layers` (keep_fraction, mlp_fraction are causal-lm)")
+            raise ValueError(
+                "student.from_teacher: embedding students take `layers` (keep_fraction, mlp_fraction are causal-lm)"
+            )
         return self
 
     @model_validator(mode="after")
@@ -365,9 +453,13 @@ class Recipe(Section):
             "embedding": {"incoherence", "heuristic", "field"},
         }
         if c.score != "auto" and c.score not in by_task[self.task]:
-            raise ValueError(f"curriculum.score: {c.score} is not available for {self.task}; use one of {', '.join(sorted(by_task[self.task]))}")
+            raise ValueError(
+                f"curriculum.score: {c.score} is not available for {self.task}; use one of {', '.join(sorted(by_task[self.task]))}"
+            )
         if (c.score == "field") != (c.score_field is not None) and not (c.score == "auto" and c.score_field):
-            raise ValueError("curriculum.score: `field` goes with curriculum.score_field (the column holding your scores)")
+            raise ValueError(
+                "curriculum.score: `field` goes with curriculum.score_field (the column holding your scores)"
+            )
         return self
 
 
@@ -435,7 +527,10 @@ class UniqueKeyLoader(yaml.SafeLoader):
         for key, _ in node.value:
             if isinstance(key, yaml.ScalarNode) and key.value in first:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key.value!r} (first at line {first[key.value]}); give it once", key.start_mark
+                    None,
+                    None,
+                    f"duplicate key {key.value!r} (first at line {first[key.value]}); give it once",
+                    key.start_mark,
                 )
             if isinstance(key, yaml.ScalarNode):
                 first[key.value] = key.start_mark.line + 1
@@ -489,7 +584,9 @@ def load_recipe(path: str | Path) -> Recipe:
     except ValidationError as e:
         problems = []
         for err in e.errors():
-            loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith(("function-after", "literal"))))
+            loc = tuple(
+                x for x in err["loc"] if not (isinstance(x, str) and x.startswith(("function-after", "literal")))
+            )
             key = ".".join(str(x) for x in loc) or "(top level)"
             msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
             problems.append(f"{_where(file, lines, loc)}: {key}: {msg}")

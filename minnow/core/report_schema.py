@@ -117,8 +117,12 @@ class Distilled(Section):
     teacher_cache: dict[str, Any] | None = None
     tokenizer: dict[str, Any] | None = None
     teacher_responses: str | None = None
-    student_from_teacher: dict[str, Any] | None = Field(None, description="Causal-lm: the cut (layers kept, importance).")
-    baseline: dict[str, Any] | None = Field(None, description="`distill.baseline: sft`: the SFT-only student's figures.")
+    student_from_teacher: dict[str, Any] | None = Field(
+        None, description="Causal-lm: the cut (layers kept, importance)."
+    )
+    baseline: dict[str, Any] | None = Field(
+        None, description="`distill.baseline: sft`: the SFT-only student's figures."
+    )
 
 
 class Report(Section):
@@ -142,4 +146,3 @@ class Report(Section):
 
     def dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_unset=True)
-

@@ -72,7 +72,9 @@ def cost_section(report: Report, cost: Cost) -> dict[str, Any] | None:
             if s is teacher:
                 continue
             s["break_even_requests"] = {
-                key: _rounded(break_even(total[key], teacher["per_1k_requests"][key] / 1000, s["per_1k_requests"][key] / 1000))
+                key: _rounded(
+                    break_even(total[key], teacher["per_1k_requests"][key] / 1000, s["per_1k_requests"][key] / 1000)
+                )
                 for key in ("money", "wh")
             }
             if cost.requests_per_day and s["break_even_requests"]["money"] is not None:
@@ -103,15 +105,29 @@ def _rounded(requests: float | None) -> int | None:
 def serving_table(section: CostSection) -> tuple[list[str], list[list[Any]]]:
     """Header and rows of the per-variant serving figures: per 1k requests, per 1M tokens, break-even, label."""
     currency = section.assumptions["currency"]
-    header = ["variant", "Wh / 1k requests", f"{currency} / 1k requests", "gCO2e / 1k requests", "Wh / 1M tokens",
-              "break-even (requests)", "energy"]
+    header = [
+        "variant",
+        "Wh / 1k requests",
+        f"{currency} / 1k requests",
+        "gCO2e / 1k requests",
+        "Wh / 1M tokens",
+        "break-even (requests)",
+        "energy",
+    ]
     rows = []
     for name, s in section.serving.items():
         k, tokens = s.per_1k_requests, s.per_1m_tokens
-        rows.append([
-            name, k.wh, k.money, k.gco2e, tokens.wh if tokens else None,
-            (s.break_even_requests or {}).get("money"), "measured" if k.measured else "estimated",
-        ])
+        rows.append(
+            [
+                name,
+                k.wh,
+                k.money,
+                k.gco2e,
+                tokens.wh if tokens else None,
+                (s.break_even_requests or {}).get("money"),
+                "measured" if k.measured else "estimated",
+            ]
+        )
     return header, rows
 
 

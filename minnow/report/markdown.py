@@ -41,7 +41,12 @@ def _causal_quality(d: Distilled) -> list[str]:
         ["student after", *(after["student"][k] for k in keys)],
     ]
     if d.baseline:
-        rows.append([f"SFT-only baseline ({d.baseline['path']}, same data and steps)", *(d.baseline["eval"]["student"][k] for k in keys)])
+        rows.append(
+            [
+                f"SFT-only baseline ({d.baseline['path']}, same data and steps)",
+                *(d.baseline["eval"]["student"][k] for k in keys),
+            ]
+        )
     lines = [f"Held-out: {after['tokens']} response tokens.", ""]
     return lines + _table(["model", "loss", "perplexity", "KL(teacher‖model)", "top-1 agreement with teacher"], rows)
 
@@ -51,15 +56,29 @@ def _engine(d: Distilled) -> list[str]:
     lines = []
     if d.loss:
         loss = d.loss
-        on_policy = f", {loss['on_policy_fraction']:.0%} of steps on the student's own continuations" if loss.get("on_policy_fraction") else ""
-        mode = f"; sequence-level KD on the teacher's responses (`{d.teacher_responses}`)" if loss.get("mode") == "sequence" else ""
-        lines.append(f"Loss: {loss['kd']} at temperature {loss['temperature']}, cross-entropy weight {loss['ce_weight']}{on_policy}{mode}.")
+        on_policy = (
+            f", {loss['on_policy_fraction']:.0%} of steps on the student's own continuations"
+            if loss.get("on_policy_fraction")
+            else ""
+        )
+        mode = (
+            f"; sequence-level KD on the teacher's responses (`{d.teacher_responses}`)"
+            if loss.get("mode") == "sequence"
+            else ""
+        )
+        lines.append(
+            f"Loss: {loss['kd']} at temperature {loss['temperature']}, cross-entropy weight {loss['ce_weight']}{on_policy}{mode}."
+        )
     cache = d.teacher_cache
     if cache:
         how = f"built in {cache['built_seconds']} s" if cache.get("built_seconds") else "reused"
         lines.append(
             f"Teacher logits from `{cache['folder']}/` (top-{cache['top_k']} + tail, {how}, provenance {cache['hash'][:12]}); "
-            + ("on-policy steps loaded the teacher" if (d.loss or {}).get("on_policy_fraction") else "the teacher was not loaded for training")
+            + (
+                "on-policy steps loaded the teacher"
+                if (d.loss or {}).get("on_policy_fraction")
+                else "the teacher was not loaded for training"
+            )
             + ", and held-out KL is over the top-k tokens plus a tail bucket."
         )
     if d.tokenizer:
@@ -77,9 +96,14 @@ def _engine(d: Distilled) -> list[str]:
 
 def _embedding_quality(d: Distilled) -> list[str]:
     keys = ["mean_cosine", "spearman_pairwise", "top10_overlap"]
-    rows = [[name, *(stage["student"].get(k) for k in keys)] for name, stage in (("student before", d.eval_before), ("student after", d.eval))]
+    rows = [
+        [name, *(stage["student"].get(k) for k in keys)]
+        for name, stage in (("student before", d.eval_before), ("student after", d.eval))
+    ]
     lines = [f"Held-out: {d.eval['texts']} texts. 1.0 = identical to the teacher.", ""]
-    return lines + _table(["model", "mean cosine to teacher", "Spearman of pairwise similarities", "top-10 retrieval overlap"], rows)
+    return lines + _table(
+        ["model", "mean cosine to teacher", "Spearman of pairwise similarities", "top-10 retrieval overlap"], rows
+    )
 
 
 def variants_section(v: Variants, task: str) -> list[str]:
@@ -104,13 +128,20 @@ def variants_section(v: Variants, task: str) -> list[str]:
     if v.unseen_texts:
         lines[-2] += f" Unseen: the same agreement on {v.unseen_texts} texts of a domain never trained on."
         header += ["unseen Spearman", "unseen top-10 overlap"]
-        rows = [row + [r.unseen["spearman_pairwise"], r.unseen["top10_overlap"]] for row, r in zip(rows, v.variants.values())]
+        rows = [
+            row + [r.unseen["spearman_pairwise"], r.unseen["top10_overlap"]]
+            for row, r in zip(rows, v.variants.values())
+        ]
     return lines + _table(header, rows)
 
 
 def _cost(c: CostSection) -> list[str]:
     a, currency = c.assumptions, c.assumptions["currency"]
-    basis = f"{a['price_per_hour']} {currency}/h" if a["price_per_hour"] is not None else f"{a['price_per_kwh']} {currency}/kWh"
+    basis = (
+        f"{a['price_per_hour']} {currency}/h"
+        if a["price_per_hour"] is not None
+        else f"{a['price_per_kwh']} {currency}/kWh"
+    )
     lines = [
         "## Cost",
         "",
@@ -194,9 +225,25 @@ def _gate(e: dict[str, ExportedFolder]) -> list[str]:
         f"Every next-token position of the held-out examples ({tokens} tokens), fed whole to each model. Passed.",
         "",
     ]
-    keys = ["top1_agreement", "kl", "perplexity_pytorch", "perplexity_onnx", "perplexity_increase", "max_abs_logit_diff"]
+    keys = [
+        "top1_agreement",
+        "kl",
+        "perplexity_pytorch",
+        "perplexity_onnx",
+        "perplexity_increase",
+        "max_abs_logit_diff",
+    ]
     rows = [[prec, *(g[k] for k in keys), _thresholds(g["thresholds"])] for prec, g in gated.items()]
-    header = ["precision", "top-1 agreement", "KL(PyTorch‖ONNX)", "perplexity PyTorch", "perplexity ONNX", "perplexity change", "max abs logit diff", "thresholds"]
+    header = [
+        "precision",
+        "top-1 agreement",
+        "KL(PyTorch‖ONNX)",
+        "perplexity PyTorch",
+        "perplexity ONNX",
+        "perplexity change",
+        "max abs logit diff",
+        "thresholds",
+    ]
     return lines + _table(header, rows)
 
 
@@ -212,9 +259,25 @@ def _figures(e: dict[str, ExportedFolder]) -> list[str]:
         "tokens (512 is cut to the context when it is shorter); decode over 31 tokens after the shorter prompt.",
         "",
     ]
-    keys = ["load_s", "ttft_64_ms", "ttft_512_ms", "decode_tokens_per_s_1_thread", "decode_tokens_per_s_2_threads", "peak_rss_mb"]
+    keys = [
+        "load_s",
+        "ttft_64_ms",
+        "ttft_512_ms",
+        "decode_tokens_per_s_1_thread",
+        "decode_tokens_per_s_2_threads",
+        "peak_rss_mb",
+    ]
     rows = [[name, _mb(f["size_bytes"]), *(f[k] for k in keys)] for name, f in measured.items()]
-    header = ["artefact", "size", "load s", "TTFT 64 ms", "TTFT 512 ms", "decode tok/s 1 thread", "decode tok/s 2 threads", "peak RSS MB"]
+    header = [
+        "artefact",
+        "size",
+        "load s",
+        "TTFT 64 ms",
+        "TTFT 512 ms",
+        "decode tok/s 1 thread",
+        "decode tok/s 2 threads",
+        "peak RSS MB",
+    ]
     return lines + _table(header, rows)
 
 
@@ -234,7 +297,9 @@ def _mobile(m: ExportedFolder | None) -> list[str]:
 
 
 def _thresholds(t: dict) -> str:
-    return ", ".join(f"{name} {'≥' if 'min' in limit else '≤'} {_fmt(next(iter(limit.values())))}" for name, limit in t.items())
+    return ", ".join(
+        f"{name} {'≥' if 'min' in limit else '≤'} {_fmt(next(iter(limit.values())))}" for name, limit in t.items()
+    )
 
 
 def _parity(p: dict) -> str:

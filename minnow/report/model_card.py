@@ -52,25 +52,43 @@ def model_card(report: Report, recipe: dict, folder: str) -> str:
     if not Path(teacher).exists():  # a hub id; a local folder is no base_model the hub can link
         front["base_model"] = teacher
     cut = {k: v for k, v in (recipe["student"].get("from_teacher") or {}).items() if v is not None}
-    student = recipe["student"].get("path") or "cut from the teacher (" + ", ".join(f"{k}: {v}" for k, v in cut.items()) + ")"
+    student = (
+        recipe["student"].get("path") or "cut from the teacher (" + ", ".join(f"{k}: {v}" for k, v in cut.items()) + ")"
+    )
     data = recipe["data"]
     source = data.get("path") or data.get("dataset") or f"builtin `{data.get('builtin')}`"
     lines = [
-        "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
-        f"# {recipe['name']}: a student distilled from `{teacher}` by Minnow", "",
+        "---",
+        yaml.safe_dump(front, sort_keys=False).strip(),
+        "---",
+        "",
+        f"# {recipe['name']}: a student distilled from `{teacher}` by Minnow",
+        "",
         f"- **Teacher**: `{teacher}`",
         f"- **Student**: {student}; {d.parameters['student'] / 1e6:.1f} M parameters "
         f"(teacher {d.parameters['teacher'] / 1e6:.1f} M)",
         f"- **Data**: {source}; examples {d.examples}",
-        f"- **Training**: {d.steps} steps in {d.train_seconds} s on {d.device}", "",
-        "## Quality and speed", "",
+        f"- **Training**: {d.steps} steps in {d.train_seconds} s on {d.device}",
+        "",
+        "## Quality and speed",
+        "",
     ]
     if report.variants:
         lines += variants_section(report.variants, task)[2:]
     else:
         lines += ["Not measured yet (the run's export stage measures every variant side by side).", ""]
-    lines += ["## How to load", "", LOADING[task].format(folder=folder), "",
-              "## Recipe", "", "```yaml", yaml.safe_dump(recipe, sort_keys=False).strip(), "```", ""]
+    lines += [
+        "## How to load",
+        "",
+        LOADING[task].format(folder=folder),
+        "",
+        "## Recipe",
+        "",
+        "```yaml",
+        yaml.safe_dump(recipe, sort_keys=False).strip(),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
