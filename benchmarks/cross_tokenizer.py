@@ -28,25 +28,13 @@ from pathlib import Path
 
 import torch
 
+from minnow.distill.metrics import rouge_l
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 RECIPE = ROOT / "recipes" / "gemma3-to-smollm2.yaml"
 ARMS = ("sft", "uld", "hybrid")
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-
-
-def rouge_l(candidate: str, reference: str) -> float:
-    """ROUGE-L F1 over whitespace words (Lin 2004): longest common subsequence against both lengths."""
-    a, b = candidate.split(), reference.split()
-    if not a or not b:
-        return float(a == b)
-    row = [0] * (len(b) + 1)
-    for x in a:
-        prev = 0
-        for j, y in enumerate(b, 1):
-            prev, row[j] = row[j], prev + 1 if x == y else max(row[j], row[j - 1])
-    lcs = row[-1]
-    return 0.0 if lcs == 0 else 2 * lcs / (len(a) + len(b))
 
 
 def interval(values: list[float]) -> dict[str, float]:

@@ -9,13 +9,14 @@ plain folder and a second run reuses the conversion.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 from minnow.core import atomic
 from minnow.core.errors import MinnowError
 from minnow.core.recipe import GGUF_SUFFIX, Recipe
+
+from .model_files import file_sha256
 
 CACHE_ENV = "MINNOW_CACHE"
 
@@ -27,14 +28,6 @@ def cache_root() -> Path:
 
 def is_gguf(path: str | Path) -> bool:
     return str(path).lower().endswith(GGUF_SUFFIX) and Path(path).is_file()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def gguf_architecture(path: Path) -> str:

@@ -3,6 +3,7 @@ that are present and whole (each safetensors file's header parses and the file e
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from pathlib import Path
@@ -101,3 +102,12 @@ def safetensors_header(file: Path) -> dict[str, dict]:
             f"{file}: {size} bytes, but its header declares {8 + length + end}: truncated or damaged; {REDOWNLOAD}"
         )
     return header
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a (possibly multi-GB) file, read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()

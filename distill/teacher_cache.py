@@ -37,6 +37,7 @@ from minnow.core.recipe import Recipe
 
 from .evaluate import batches
 from .losses import IGNORE_INDEX, shift_for_next_token
+from .model_files import file_sha256
 
 SHARD_EXAMPLES = 256
 LSE_1, LSE_T, TAIL_1, TAIL_T, NLL = range(5)  # columns of ``<id>/stats``
@@ -45,14 +46,6 @@ console = Console(stderr=True)
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def teacher_weight_hashes(folder: str, known: dict | None = None) -> dict[str, str]:
@@ -66,7 +59,7 @@ def teacher_weight_hashes(folder: str, known: dict | None = None) -> dict[str, s
         stat = file.stat()
         stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
         old = known.get(file.name, {})
-        hashes[file.name] = old if old.get("stamp") == stamp else {"stamp": stamp, "sha256": _file_sha256(file)}
+        hashes[file.name] = old if old.get("stamp") == stamp else {"stamp": stamp, "sha256": file_sha256(file)}
     return hashes
 
 
