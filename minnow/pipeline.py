@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from rich.console import Console
 
 from .core.energy import energy_meter
-from .core.rundir import RunDir
+from .core.rundir import RunDir, jsonl_rows
 from .report.cost import cost_section
 from .report.markdown import write_markdown
 from .report.model_card import write_model_card
@@ -108,7 +108,6 @@ def export(run: RunDir) -> None:
 
 def measure(run: RunDir) -> None:
     """Every variant on the same held-out inputs and threads: speed, energy per request and (embedding) quality."""
-    import json
 
     from minnow.export.measure import measure_causal, measure_embedding
 
@@ -117,8 +116,8 @@ def measure(run: RunDir) -> None:
     if run.recipe.task == "causal-lm":
         run.update_report("variants", measure_causal(run, meter))
         return
-    texts = [json.loads(line)["text"] for line in run.heldout.read_text().splitlines()]
-    unseen = [json.loads(line)["text"] for line in run.unseen.read_text().splitlines()] if run.unseen.is_file() else []
+    texts = [row["text"] for row in jsonl_rows(run.heldout)]
+    unseen = [row["text"] for row in jsonl_rows(run.unseen)] if run.unseen.is_file() else []
     run.update_report("variants", measure_embedding(run, texts, meter, unseen=unseen))
 
 

@@ -6,7 +6,6 @@ the benchmark measures exactly what the Compare and Search tabs do. Quality come
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from dataclasses import dataclass
 from math import nan, prod
@@ -15,10 +14,9 @@ from statistics import mean
 
 from matplotlib.figure import Figure
 
-from minnow.core.errors import MinnowError
 from minnow.core.recipe import Serve
 from minnow.core.report_schema import Report, variant_key
-from minnow.core.rundir import RunDir
+from minnow.core.rundir import RunDir, jsonl_rows
 from minnow.export.generate import stream_text, throughput
 from minnow.export.measure import heldout_prompts
 from minnow.export.variants import Variant
@@ -52,11 +50,7 @@ class Row:
 
 def embedding_queries(run: RunDir, limit: int) -> list[str]:
     """The run's held-out texts, used as search queries, at most ``limit``."""
-    file = run.heldout
-    if not file.is_file():
-        raise MinnowError(f"{file} is missing: the held-out texts are written by the distill stage")
-    lines = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [json.loads(line)["text"] for line in lines[:limit]]
+    return [row["text"] for row in jsonl_rows(run.heldout)[:limit]]
 
 
 def time_generation(variant: Variant, prompts: list[str], max_new_tokens: int, threads: int) -> Timing:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 
 from minnow.core import atomic
 from minnow.core.errors import MinnowError
+from minnow.core.rundir import jsonl_rows
 from minnow.distill.encoder import TorchEncoder
 from minnow.distill.models import local_model_dir
 from minnow.export.embedding import OnnxEncoder
@@ -39,13 +39,7 @@ class Result:
 
 def load_corpus(file: Path) -> list[dict[str, str]]:
     """The demo corpus rows ({"id", "text"}), read once per content."""
-    if not file.is_file():
-        raise MinnowError(f"{file} is missing: the search corpus is written by the distill stage")
-
-    def read() -> list[dict[str, str]]:
-        return [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-    return cached(("corpus", str(file), corpus_digest(file)), read)
+    return cached(("corpus", str(file), corpus_digest(file)), lambda: jsonl_rows(file))
 
 
 def encoder(variant: Variant, threads: int) -> TorchEncoder | OnnxEncoder:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -39,6 +40,13 @@ def _from_rank_zero(make: Callable[[], Path]) -> Path:
     box = [str(make()) if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(box, src=0)
     return Path(box[0])
+
+
+def jsonl_rows(file: Path) -> list[dict]:
+    """The rows of a JSON-lines file the distill stage wrote into a run (held-out, unseen, search corpus)."""
+    if not file.is_file():
+        raise MinnowError(f"{file} is missing: it is written by the distill stage")
+    return [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 @dataclass(frozen=True)
