@@ -23,5 +23,7 @@ def greedy_generator(model: og.Model, max_length: int, fixed_length: bool = Fals
     token from ending it early (for timing a set number of tokens)."""
     params = og.GeneratorParams(model)
     options = {"do_sample": False, "max_length": max_length}
-    params.set_search_options(**options, **({"min_length": max_length} if fixed_length else {}))
+    if fixed_length:
+        options["min_length"] = max_length
+    params.set_search_options(**options)
     return og.Generator(model, params)

@@ -179,13 +179,19 @@ def _check_same_text(groups: list[Group], student: list, teacher: list) -> None:
             assert s == t, (g, s, t)
 
 
-def test_multibyte_text_and_digits_align_across_two_tokenizers(two_tokenizers):
-    byte_level, fallback = two_tokenizers
-    s = byte_level(HARD_TEXT, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    t = fallback(HARD_TEXT, add_special_tokens=True, return_offsets_mapping=True)["offset_mapping"]
+def _checked_alignment(student, teacher, text: str) -> tuple[list, list, list[Group]]:
+    """Offsets of ``text`` under both tokenizers (the teacher adding its special tokens) and their alignment, checked
+    to partition both sides with every aligned group covering the same text."""
+    s = student(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    t = teacher(text, add_special_tokens=True, return_offsets_mapping=True)["offset_mapping"]
     groups = align(s, t)
     _check_partition(groups, len(s), len(t))
     _check_same_text(groups, s, t)
+    return s, t, groups
+
+
+def test_multibyte_text_and_digits_align_across_two_tokenizers(two_tokenizers):
+    s, t, groups = _checked_alignment(*two_tokenizers, HARD_TEXT)
     assert groups[0] == Group((), (0,))  # the byte-fallback side's BOS
     korean = [g for g in groups if g.student and s[g.student[0]][0] == 0]
     assert len(korean) == 1 and len(korean[0].student) >= 3  # a Hangul syllable is 3 bytes: never cut apart
@@ -262,12 +268,7 @@ def real_tokenizers(tmp_path_factory):
     ],
 )
 def test_real_smollm2_and_gemma3_tokenizers_align(real_tokenizers, text):
-    student, teacher = real_tokenizers
-    s = student(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    t = teacher(text, add_special_tokens=True, return_offsets_mapping=True)["offset_mapping"]
-    groups = align(s, t)
-    _check_partition(groups, len(s), len(t))
-    _check_same_text(groups, s, t)
+    _, _, groups = _checked_alignment(*real_tokenizers, text)
     assert [g for g in groups if not g.student] == [Group((), (0,))]  # only Gemma's <bos> is unaligned
 
 
