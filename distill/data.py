@@ -136,6 +136,9 @@ def read_rows(spec: Data, bad: OnBadRow, limit: int | None = None) -> tuple[list
         return _numbered(source, [{"text": t} for t in python_docstrings()[:limit]], "paragraph"), source
     if spec.dataset is not None:
         return _numbered(spec.dataset, _dataset_rows(spec, limit), "row"), spec.dataset
+    if isinstance(spec.path, list):
+        parts = [read_rows(spec.model_copy(update={"path": p}), bad, limit) for p in spec.path]
+        return [row for rows, _ in parts for row in rows][:limit], " + ".join(source for _, source in parts)
     path = Path(spec.path)
     readers = {
         ".jsonl": _jsonl_rows,

@@ -56,6 +56,23 @@ def test_missing_data_file_is_named(tmp_path, tiny_pair):
     assert_clear_failure(result, "data.path", "nowhere.jsonl")
 
 
+def test_a_list_of_data_files_mixes_them_and_names_a_missing_one(tmp_path, tiny_pair):
+    from minnow.distill.data import split_examples
+
+    extra = tmp_path / "general.jsonl"
+    extra.write_text("".join(f'{{"prompt": "general {i}", "response": "answer {i}"}}\n' for i in range(5)))
+    recipe = tiny_recipe(tiny_pair, tmp_path)
+    one = split_examples(load_recipe(write_recipe(tmp_path / "one.yaml", recipe)))[2]
+    recipe["data"]["path"] = [str(tiny_pair["data"]), "general.jsonl"]
+    train, heldout, counts = split_examples(load_recipe(write_recipe(tmp_path / "mix.yaml", recipe)))
+    assert (counts["loaded"], counts["after_dedup"]) == (one["loaded"] + 5, one["after_dedup"] + 5)
+    assert {f"general {i}" for i in range(5)} <= {ex["prompt"] for ex in train + heldout}
+
+    recipe["data"]["path"] = [str(tiny_pair["data"]), "nowhere.jsonl"]
+    result = run_minnow("validate", str(write_recipe(tmp_path / "bad.yaml", recipe)))
+    assert_clear_failure(result, "bad.yaml:", "data.path.1", "nowhere.jsonl")
+
+
 def test_missing_model_folder_is_named(tmp_path, tiny_pair):
     recipe = tiny_recipe(tiny_pair, tmp_path)
     recipe["student"]["path"] = "./no-such-model"

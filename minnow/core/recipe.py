@@ -92,7 +92,11 @@ class Lora(Section):
 
 
 class Data(Section):
-    path: str | None = Field(None, description="Local data file: .jsonl, .json, .csv, .parquet or .txt (paragraphs).")
+    path: str | list[str] | None = Field(
+        None,
+        description="Local data file: .jsonl, .json, .csv, .parquet or .txt (paragraphs); a list mixes several files with "
+        "the same fields (e.g. your domain plus general text that keeps the student's general ability).",
+    )
     dataset: str | None = Field(
         None, description="A `datasets` hub name, or a local folder (`save_to_disk` or data files), instead of `path`."
     )
@@ -144,6 +148,8 @@ class Data(Section):
             ) from None
         if sum(x is not None for x in (self.path, self.dataset, self.builtin)) != 1:
             raise ValueError("give exactly one of `path`, `dataset` or `builtin`")
+        if self.path == []:
+            raise ValueError("path: an empty list; name at least one data file")
         if (self.prompt_field is None) != (self.response_field is None):
             raise ValueError("`prompt_field` and `response_field` go together")
         if sum(x is not None for x in (self.text_field, self.prompt_field, self.messages_field)) > 1:
@@ -602,12 +608,16 @@ def _resolve_paths(recipe: Recipe, file: Path, lines: dict[tuple, int]) -> None:
         try:
             return fn(value, base)
         except ValueError as e:
-            raise MinnowError(f"{_where(file, lines, loc)}: {'.'.join(loc)}: {e}") from None
+            raise MinnowError(f"{_where(file, lines, loc)}: {'.'.join(map(str, loc))}: {e}") from None
 
     recipe.teacher.path = check(("teacher", "path"), resolve_model_path, recipe.teacher.path)
     if recipe.student.path is not None:
         recipe.student.path = check(("student", "path"), resolve_model_path, recipe.student.path)
-    if recipe.data.path is not None:
+    if isinstance(recipe.data.path, list):
+        recipe.data.path = [
+            str(check(("data", "path", i), resolve_data_path, p)) for i, p in enumerate(recipe.data.path)
+        ]
+    elif recipe.data.path is not None:
         recipe.data.path = str(check(("data", "path"), resolve_data_path, recipe.data.path))
     if recipe.data.dataset is not None:
         recipe.data.dataset = check(("data", "dataset"), resolve_dataset, recipe.data.dataset)
