@@ -130,16 +130,17 @@ def report(run: RunDir) -> None:
     console.print(f"report: {run.report_md}")
 
 
-def is_distilled(run: RunDir) -> bool:
-    return (run.student / "config.json").is_file() and run.report().distill is not None
-
-
-def missing(run: RunDir) -> list[str]:
-    """What a finished run has and this one lacks, in words (empty when the run is complete)."""
-    report = run.report()
+def _distill_gaps(run: RunDir) -> list[str]:
     gaps = {
         "no trained student (student/)": not (run.student / "config.json").is_file(),
-        "no distill section in report.json": report.distill is None,
+        "no distill section in report.json": run.report().distill is None,
+    }
+    return [text for text, absent in gaps.items() if absent]
+
+
+def _export_gaps(run: RunDir) -> list[str]:
+    report = run.report()
+    gaps = {
         "no export section in report.json": report.export is None,
         "no measured variants in report.json": report.variants is None,
     }
@@ -149,12 +150,14 @@ def missing(run: RunDir) -> list[str]:
     return [text for text, absent in gaps.items() if absent]
 
 
+def is_distilled(run: RunDir) -> bool:
+    return not _distill_gaps(run)
+
+
 def is_exported(run: RunDir) -> bool:
-    report = run.report()
-    mobile = "mobile" not in run.recipe.export.targets or run.mobile.is_dir()
-    return (
-        report.export is not None
-        and report.variants is not None
-        and mobile
-        and all((run.onnx / p).is_dir() for p in run.recipe.export.precisions)
-    )
+    return not _export_gaps(run)
+
+
+def missing(run: RunDir) -> list[str]:
+    """What a finished run has and this one lacks, in words (empty when the run is complete)."""
+    return _distill_gaps(run) + _export_gaps(run)
