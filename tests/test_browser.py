@@ -1,5 +1,9 @@
 """`minnow serve` in a subprocess, driven in headless Chromium: a prompt in, every variant's answer and timings out;
-the benchmark button, a table row per variant and the plots out."""
+the benchmark button, a table row per variant and the plots out.
+
+The tiny run by default; ``MINNOW_DEMO_RUN=runs/<run>`` drives the same tests over a finished real run instead (e.g.
+the smollm2-135m-offline recipe, for screenshots of real answers in test-artifacts/).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from minnow.export.variants import compare_variants, open_runs
+from minnow.export.variants import compare_variants, open_runs, slugify
 
 pytestmark = pytest.mark.browser
 
@@ -67,14 +71,21 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def demo_url(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The demo of the tiny run, started with the real command on a free port (one server for the module's tests)."""
+def demo_run(request: pytest.FixtureRequest) -> Path:
+    """The run the demo serves: ``MINNOW_DEMO_RUN`` when set, else the tiny run."""
+    real = os.environ.get("MINNOW_DEMO_RUN")
+    return Path(real).resolve() if real else request.getfixturevalue("tiny_run")
+
+
+@pytest.fixture(scope="module")
+def demo_url(demo_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The demo of ``demo_run``, started with the real command on a free port (one server for the module's tests)."""
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     env = os.environ | {"HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     with log.open("w") as out:
         server = subprocess.Popen(
-            [sys.executable, "-m", "minnow", "serve", str(tiny_run), "--port", str(port)],
+            [sys.executable, "-m", "minnow", "serve", str(demo_run), "--port", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
@@ -108,10 +119,10 @@ def screenshot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / name), full_page=True)
 
 
-def test_prompt_streams_an_answer_and_timings_for_every_variant(page, tiny_run: Path):
+def test_prompt_streams_an_answer_and_timings_for_every_variant(page, demo_run: Path):
     from playwright.sync_api import expect
 
-    slugs = [v.slug for v in compare_variants(open_runs([tiny_run]))]
+    slugs = [v.slug for v in compare_variants(open_runs([demo_run]))]
     for slug in slugs:
         expect(page.locator(f"#out-{slug}").get_by_role("textbox")).to_be_visible()
     page.locator("#prompt").get_by_role("textbox").fill(PROMPT)
@@ -126,10 +137,10 @@ def test_prompt_streams_an_answer_and_timings_for_every_variant(page, tiny_run: 
     screenshot(page, "demo.png")
 
 
-def test_benchmark_fills_a_row_per_variant_and_plots(page, tiny_run: Path):
+def test_benchmark_fills_a_row_per_variant_and_plots(page, demo_run: Path):
     from playwright.sync_api import expect
 
-    labels = [v.label for v in compare_variants(open_runs([tiny_run]))]
+    labels = [v.label for v in compare_variants(open_runs([demo_run]))]
     page.locator("#threads").get_by_label("1", exact=True).check()
     page.get_by_role("tab", name="Benchmark").click()
     page.get_by_role("button", name="Run benchmark").click()
@@ -145,12 +156,13 @@ def test_benchmark_fills_a_row_per_variant_and_plots(page, tiny_run: Path):
     screenshot(page, "benchmark.png")
 
 
-def test_cost_tab_shows_each_variant_per_1k_requests_and_the_chart(page, tiny_run: Path):
+def test_cost_tab_shows_each_variant_per_1k_requests_and_the_chart(page, demo_run: Path):
     from playwright.sync_api import expect
 
-    serving = json.loads((tiny_run / "report.json").read_text())["cost"]["serving"]
+    report = json.loads((demo_run / "report.json").read_text())
+    serving = report["cost"]["serving"]
     page.get_by_role("tab", name="Cost").click()
-    rows = page.locator("#cost-tiny").get_by_role("grid").get_by_role("row")
+    rows = page.locator(f"#cost-{slugify(report['name'])}").get_by_role("grid").get_by_role("row")
     expect(rows.first).to_be_visible()
     for row, (name, figures) in enumerate(serving.items(), start=1):  # row 0 is the header
         cells = rows.nth(row).get_by_role("gridcell").all_inner_texts()

@@ -54,6 +54,34 @@ def teacher_answers(teacher, tok, prompts: list[str], max_new_tokens: int) -> di
     return {p: known[p] for p in prompts}
 
 
+class Judge:
+    """The teacher, its greedy answers to the held-back prompts, and those answers tokenized for teacher forcing."""
+
+    def __init__(self, run: RunDir, prompts: int, max_new_tokens: int) -> None:
+        self.tok = AutoTokenizer.from_pretrained(run.recipe.teacher.path)
+        self.teacher = AutoModelForCausalLM.from_pretrained(run.recipe.teacher.path, dtype=torch.float32).eval()
+        self.prompts = heldout_prompts()[:prompts]
+        self.max_new_tokens = max_new_tokens
+        self.answers = teacher_answers(self.teacher, self.tok, self.prompts, max_new_tokens)
+        examples = [{"id": str(i), "prompt": p, "response": self.answers[p]} for i, p in enumerate(self.prompts)]
+        self.rows = [tokenize(ex, self.tok, True, run.recipe.distill.max_seq_len) for ex in examples]
+        self.collate = DataCollatorForSeq2Seq(
+            self.tok, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt"
+        )
+
+    def score(self, folder: Path) -> tuple[dict, dict]:
+        """The teacher's and the model's teacher-forced figures, the model's with ROUGE-L of its own answers."""
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        scores = evaluate_causal(model, self.teacher, self.rows, self.collate, 8, CPU)
+        said = generate(model, self.tok, self.prompts, True, self.max_new_tokens, 0.0, 8, CPU)
+        first = self.prompts[0]
+        return scores["teacher"] | {"tokens": scores["tokens"]}, scores["student"] | {
+            "rouge_l_vs_teacher": sum(rouge_l(s, self.answers[p]) for s, p in zip(said, self.prompts)) / len(said),
+            "layers": model.config.num_hidden_layers,
+            "example": {"prompt": first, "teacher": self.answers[first], "model": said[0]},
+        }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("run_dir", type=Path)
@@ -61,31 +89,17 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     args = parser.parse_args()
     run = RunDir.open(args.run_dir)
-    tok = AutoTokenizer.from_pretrained(run.recipe.teacher.path)
-    teacher = AutoModelForCausalLM.from_pretrained(run.recipe.teacher.path, dtype=torch.float32).eval()
-    prompts = heldout_prompts()[: args.prompts]
     started = time.perf_counter()
-    answers = teacher_answers(teacher, tok, prompts, args.max_new_tokens)
-    examples = [{"id": str(i), "prompt": p, "response": answers[p]} for i, p in enumerate(prompts)]
-    rows = [tokenize(ex, tok, True, run.recipe.distill.max_seq_len) for ex in examples]
-    collate = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
+    judge = Judge(run, args.prompts, args.max_new_tokens)
     models = {"student_init": run.student_init, "student_sft": run.student_sft, "student": run.student}
-    results: dict = {"run": run.path.name, "prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "models": {}}
+    results: dict = {"run": run.path.name, "prompts": args.prompts, "max_new_tokens": args.max_new_tokens, "models": {}}
     previous = json.loads((RESULTS / "real_llm.json").read_text()) if (RESULTS / "real_llm.json").is_file() else {}
     if all(previous.get(k) == results[k] for k in ("run", "prompts", "max_new_tokens")):
         results = previous | {"models": previous["models"]}  # a rerun scores only the models added since
     for name, folder in models.items():
         if name in results["models"] or not (folder / "config.json").is_file():
             continue
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-        scores = evaluate_causal(model, teacher, rows, collate, 8, CPU)
-        said = generate(model, tok, prompts, True, args.max_new_tokens, 0.0, 8, CPU)
-        results["teacher"] = scores["teacher"] | {"tokens": scores["tokens"]}
-        results["models"][name] = scores["student"] | {
-            "rouge_l_vs_teacher": sum(rouge_l(s, answers[p]) for s, p in zip(said, prompts)) / len(prompts),
-            "layers": model.config.num_hidden_layers,
-            "example": {"prompt": prompts[0], "teacher": answers[prompts[0]], "model": said[0]},
-        }
+        results["teacher"], results["models"][name] = judge.score(folder)
     m = results["models"] = {name: results["models"][name] for name in models if name in results["models"]}
     opened, closed = m["student_init"]["kl_to_teacher"], m["student"]["kl_to_teacher"]
     results["kl_recovered"] = (opened - closed) / opened
