@@ -341,6 +341,9 @@ class Export(Section):
     int4_lm_head: Literal["int8", "int4"] = Field(
         "int8", description="Causal-lm int4: bits of the output projection (8 keeps the most sensitive MatMul finer)."
     )
+    int4_block_size: Literal[16, 32, 64, 128, 256] = Field(
+        32, description="Causal-lm int4: weights per quantization scale (larger: smaller and faster, coarser)."
+    )
     targets: list[Literal["cpu", "mobile"]] = Field(
         ["cpu"], description="Causal-lm: `mobile` adds mobile/, the int4 folder as an ORT-format model for phones."
     )
