@@ -82,14 +82,14 @@ def export(teacher: Path, folder: Path, setting: Setting) -> float | None:
     task = CausalExport(
         teacher,
         check_architecture(teacher),
-        folder.parent,
-        [],
-        1,
-        Gate(),
-        (),
-        setting.lm_head,
-        None,
-        setting.block_size,
+        scratch=folder.parent,
+        parity_prompts=[],
+        max_new_tokens=1,
+        gate=Gate(),
+        gate_sequences=(),
+        int4_lm_head=setting.lm_head,
+        max_length=None,
+        int4_block_size=setting.block_size,
     )
     started = time.perf_counter()
     task.write(setting.precision, folder)
@@ -226,7 +226,7 @@ def machine_note(load_before: tuple[float, float, float]) -> str:
     )
     return (
         f"{os.cpu_count()} CPU cores ({model}), torch {torch.__version__}; 1-minute load average "
-        f"{load_before[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (other jobs shared the cores)"
+        f"{load_before[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     )
 
 
