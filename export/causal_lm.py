@@ -38,9 +38,11 @@ from .torch_decoder import export_torch_decoder, torch_architectures
 
 SUPPORTED_PRECISIONS = ("fp32", "int8", "int4")
 BUILDER_MODULE = "onnxruntime_genai.models.builder"
-# Weight-only (MatMulNBits) quantization: blocks of 32 weights, int8 activations in the MatMul (accuracy level 4).
-# onnxruntime-genai >= 0.18 names these block_size/accuracy_level; it silently ignores the old int4_-prefixed names.
-QUANTIZATION_OPTIONS = ("block_size=32", "accuracy_level=4")
+# Weight-only (MatMulNBits) quantization: int8 activations in the MatMul (accuracy level 4); int8 in blocks of 32
+# weights, int4 in blocks of export.int4_block_size (default 32). onnxruntime-genai >= 0.18 names these
+# block_size/accuracy_level; it silently ignores the old int4_-prefixed names.
+ACCURACY_OPTION = "accuracy_level=4"
+BLOCK_SIZE = 32
 # int4 keeps the output projection, the most quantization-sensitive MatMul, at 8 bits (measured on the trained tiny
 # Qwen2: top-1 agreement with PyTorch 0.996 with an 8-bit lm_head, 0.974 with a 4-bit one, over 3408 tokens).
 INT8_LM_HEAD_OPTION = "matmul_mixed_precision=last_matmul:int8"
@@ -71,6 +73,7 @@ class CausalExport:
         gate_sequences: Sequence[Sequence[int]],
         int4_lm_head: str,
         max_length: int | None,
+        int4_block_size: int = BLOCK_SIZE,
     ) -> None:
         self.student_dir, self.scratch, self.prompts, self.max_new_tokens = (
             student_dir,
@@ -84,15 +87,17 @@ class CausalExport:
             int4_lm_head,
             max_length,
         )
-        self.architecture = architecture
+        self.architecture, self.int4_block_size = architecture, int4_block_size
         self.references: list[Reference] | None = None
         self.reference_model: torch.nn.Module | None = None
 
     def write(self, precision: str, folder: Path) -> None:
         if self.architecture in builder_architectures():
-            _build(self.student_dir, folder, precision, self.architecture, self.int4_lm_head)
+            _build(self.student_dir, folder, precision, self.architecture, self.int4_lm_head, self.int4_block_size)
         else:
-            export_torch_decoder(self.student_dir, folder, precision, self.scratch, self.int4_lm_head)
+            export_torch_decoder(
+                self.student_dir, folder, precision, self.scratch, self.int4_lm_head, self.int4_block_size
+            )
         if self.max_length is not None:
             _cap_length(folder, self.max_length)
 
@@ -121,6 +126,7 @@ def export_causal_lm(
     int4_lm_head: str = "int8",
     targets: Sequence[str] = ("cpu",),
     max_length: int | None = None,
+    int4_block_size: int = BLOCK_SIZE,
 ) -> dict:
     """Write ``onnx_root/<precision>/`` for each precision and return, per precision, its path, size, parity and gate.
 
@@ -147,6 +153,7 @@ def export_causal_lm(
             gate_sequences,
             int4_lm_head,
             max_length,
+            int4_block_size,
         )
         results = export_precisions(task, onnx_root, precisions)
     if "mobile" in targets:
@@ -201,13 +208,21 @@ def check_architecture(model_dir: Path) -> str:
     return architecture
 
 
-def _build(student_dir: Path, out_dir: Path, precision: str, architecture: str, int4_lm_head: str = "int8") -> None:
+def _build(
+    student_dir: Path,
+    out_dir: Path,
+    precision: str,
+    architecture: str,
+    int4_lm_head: str = "int8",
+    int4_block_size: int = BLOCK_SIZE,
+) -> None:
     """Run the model builder in a subprocess, offline, writing one precision into the existing ``out_dir``."""
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".builder.", suffix=TMP_SUFFIX) as work:
         command = [sys.executable, "-m", BUILDER_MODULE, "-i", str(student_dir.resolve()), "-o", str(out_dir.resolve())]
         command += ["-p", precision, "-e", "cpu", "-c", str(Path(work) / "cache")]
         if precision != "fp32":
-            command += ["--extra_options", *QUANTIZATION_OPTIONS]
+            block_size = int4_block_size if precision == "int4" else BLOCK_SIZE
+            command += ["--extra_options", f"block_size={block_size}", ACCURACY_OPTION]
         if precision == "int4" and int4_lm_head == "int8":
             command.append(INT8_LM_HEAD_OPTION)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -229,21 +244,22 @@ def repair_shared_int8_head(model_file: Path) -> None:
     """Point a tied model's 8-bit embedding lookup at the 8-bit lm_head weights it shares.
 
     With tied embeddings, an int4 body and an 8-bit lm_head, builder 0.18 reads the shared table under the names
-    its k-quant path uses (``..._Q8G32``, ``..._scale``) while writing the default path's (``..._Q8``,
-    ``..._scales``); the model then fails to load. Same tensors, so renaming the references repairs it.
+    its k-quant path uses (``..._Q8G<block size>``, and at block 32 ``..._scale``) while writing the default path's
+    (``..._Q8``, ``..._scales``); the model then fails to load. Same tensors, so renaming the references repairs it.
     """
     model = onnx.load(model_file, load_external_data=False)
     initializers = {t.name for t in model.graph.initializer}
-    renames = {
-        "lm_head.MatMul.weight_Q8G32": "lm_head.MatMul.weight_Q8",
-        "lm_head.MatMul.weight_scale": "lm_head.MatMul.weight_scales",
-    }
-    renames = {old: new for old, new in renames.items() if old not in initializers and new in initializers}
+    weights, scales = "lm_head.MatMul.weight_Q8", "lm_head.MatMul.weight_scales"
     changed = False
     for node in model.graph.node:
         for i, name in enumerate(node.input):
-            if name in renames:
-                node.input[i] = renames[name]
+            if name in initializers:
+                continue
+            if re.fullmatch(re.escape(weights) + r"G\d+", name) and weights in initializers:
+                node.input[i] = weights
+                changed = True
+            elif name == "lm_head.MatMul.weight_scale" and scales in initializers:
+                node.input[i] = scales
                 changed = True
     if changed:
         onnx.save(model, model_file)

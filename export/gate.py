@@ -20,7 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from minnow.core.errors import MinnowError
 from minnow.core.recipe import Gate, Recipe
 
-from .genai import greedy_generator
+from .genai import greedy_generator, open_model
 
 
 def heldout_sequences(recipe: Recipe, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> list[list[int]]:
@@ -62,12 +62,14 @@ def torch_logits(model: PreTrainedModel, ids: Sequence[int]) -> np.ndarray:
     return model(torch.tensor([list(ids)])).logits[0].float().numpy()
 
 
-def measure(model: PreTrainedModel, onnx_dir: Path, sequences: Sequence[Sequence[int]]) -> dict:
+def measure(
+    model: PreTrainedModel, onnx_dir: Path, sequences: Sequence[Sequence[int]], threads: int | None = None
+) -> dict:
     """Top-1 agreement, mean KL(PyTorch‖ONNX), both perplexities and max |Δlogit| over every next-token position.
 
-    Sequences longer than the folder's context are cut to it.
+    Sequences longer than the folder's context are cut to it. ``threads``: onnxruntime's intra-op threads.
     """
-    onnx_model = og.Model(str(onnx_dir))
+    onnx_model = open_model(onnx_dir, threads)
     context = json.loads((Path(onnx_dir) / "genai_config.json").read_text(encoding="utf-8"))["model"]["context_length"]
     positions = agree = 0
     kl = torch_nll = onnx_nll = max_diff = 0.0

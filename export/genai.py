@@ -9,13 +9,18 @@ from pathlib import Path
 import onnxruntime_genai as og
 
 
-@functools.lru_cache(maxsize=8)
-def load_model(model_dir: Path, threads: int | None = None) -> og.Model:
-    """The onnxruntime-genai model in ``model_dir``, loaded once per (folder, threads)."""
+def open_model(model_dir: Path, threads: int | None = None) -> og.Model:
+    """The onnxruntime-genai model in ``model_dir``, its decoder on ``threads`` intra-op threads (default: all)."""
     config = og.Config(str(model_dir))
     if threads is not None:
         config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
     return og.Model(config)
+
+
+@functools.lru_cache(maxsize=8)
+def load_model(model_dir: Path, threads: int | None = None) -> og.Model:
+    """:func:`open_model`, loaded once per (folder, threads)."""
+    return open_model(model_dir, threads)
 
 
 def greedy_generator(model: og.Model, max_length: int, fixed_length: bool = False) -> og.Generator:

@@ -90,7 +90,7 @@ def _torch_tokens(variant: Variant, prompt_ids: list[int], max_new_tokens: int, 
     if context is not None and len(prompt_ids) >= context:
         raise MinnowError(f"the prompt has {len(prompt_ids)} tokens; the model's context holds {context}")
     limit = max_new_tokens if context is None else min(max_new_tokens, context - len(prompt_ids))
-    return _greedy(model, prompt_ids, limit, _stop_ids(model, _tokenizer(variant)))
+    return torch_greedy(model, prompt_ids, limit, _stop_ids(model, _tokenizer(variant)))
 
 
 def _stop_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
@@ -100,7 +100,9 @@ def _stop_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set
 
 
 @torch.inference_mode()
-def _greedy(model: PreTrainedModel, prompt_ids: list[int], max_new_tokens: int, stop_ids: set[int]) -> Iterator[int]:
+def torch_greedy(
+    model: PreTrainedModel, prompt_ids: list[int], max_new_tokens: int, stop_ids: set[int]
+) -> Iterator[int]:
     """Argmax decoding with the KV cache; yields each token, the stop token included, like onnxruntime-genai."""
     input_ids, past = torch.tensor([prompt_ids]), None
     for _ in range(max_new_tokens):

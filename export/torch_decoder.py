@@ -4,8 +4,9 @@ The graph takes ``input_ids``, ``attention_mask``, ``position_ids`` and the KV c
 ``past_key_values.<layer>.key/value`` and returns ``logits`` and ``present.<layer>.key/value``: the names and
 [batch, kv_heads, sequence, head_size] layout onnxruntime-genai's generic ``decoder`` model type reads. A generated
 ``genai_config.json`` and the tokenizer files complete the folder, so the same runtime loads and generates with it.
-int8/int4 are weight-only MatMulNBits (block 32, accuracy level 4) applied to the fp32 graph by onnxruntime's
-``MatMulNBitsQuantizer``; at int4 an untied output projection stays at 8 bits like the builder's exports.
+int8/int4 are weight-only MatMulNBits (accuracy level 4; int8 in blocks of 32 weights, int4 in blocks of
+``export.int4_block_size``) applied to the fp32 graph by onnxruntime's ``MatMulNBitsQuantizer``; at int4 an untied
+output projection stays at 8 bits like the builder's exports.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def export_fp32(model: PreTrainedModel, path: Path) -> None:
         )
 
 
-def quantize(fp32_path: Path, out_path: Path, bits: int, lm_head_bits: int) -> None:
+def quantize(fp32_path: Path, out_path: Path, bits: int, lm_head_bits: int, block_size: int = BLOCK_SIZE) -> None:
     """Weight-only MatMulNBits: every MatMul with a constant weight at ``bits``, the one computing ``logits`` at
     ``lm_head_bits``. A tied lm_head (GPT-2) reads the embedding table through a Transpose and stays fp32, so the
     table is stored once."""
@@ -140,7 +141,7 @@ def quantize(fp32_path: Path, out_path: Path, bits: int, lm_head_bits: int) -> N
     with _quiet():
         for pass_bits, exclude in ((bits, last), (lm_head_bits, [])) if last else ((bits, []),):
             config = DefaultWeightOnlyQuantConfig(
-                block_size=BLOCK_SIZE, is_symmetric=True, accuracy_level=ACCURACY_LEVEL, bits=pass_bits
+                block_size=block_size, is_symmetric=True, accuracy_level=ACCURACY_LEVEL, bits=pass_bits
             )
             quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=exclude, algo_config=config)
             quantizer.process()
@@ -208,7 +209,14 @@ def genai_config(model: PreTrainedModel, tokenizer, context_length: int) -> dict
     }
 
 
-def export_torch_decoder(student_dir: Path, out_dir: Path, precision: str, scratch: Path, int4_lm_head: str) -> None:
+def export_torch_decoder(
+    student_dir: Path,
+    out_dir: Path,
+    precision: str,
+    scratch: Path,
+    int4_lm_head: str,
+    int4_block_size: int = BLOCK_SIZE,
+) -> None:
     """Write one precision of ``student_dir`` into the existing ``out_dir``; the fp32 graph is traced once into
     ``scratch`` and reused by the other precisions."""
     fp32_path = scratch / MODEL_FILE
@@ -229,7 +237,8 @@ def export_torch_decoder(student_dir: Path, out_dir: Path, precision: str, scrat
         shutil.copyfile(fp32_path.with_name(MODEL_FILE + ".data"), out_dir / (MODEL_FILE + ".data"))
     else:
         bits = 4 if precision == "int4" else 8
-        quantize(fp32_path, out_dir / MODEL_FILE, bits, 8 if int4_lm_head == "int8" else bits)
+        block_size = int4_block_size if precision == "int4" else BLOCK_SIZE
+        quantize(fp32_path, out_dir / MODEL_FILE, bits, 8 if int4_lm_head == "int8" else bits, block_size)
     tokenizer = AutoTokenizer.from_pretrained(student_dir)
     context = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
     config = genai_config(model, tokenizer, int(context))

@@ -86,6 +86,7 @@ def export(run: RunDir) -> None:
                 gate=recipe.export.gate,
                 gate_sequences=sequences,
                 int4_lm_head=recipe.export.int4_lm_head,
+                int4_block_size=recipe.export.int4_block_size,
                 targets=recipe.export.targets,
                 max_length=recipe.export.max_length,
             )

@@ -94,7 +94,8 @@ def test_int8_and_int4_are_weight_only_matmulnbits_with_an_8bit_lm_head(qwen):
     )
 
 
-def test_tied_embeddings_are_stored_once_at_int4(qwen, tmp_path):
+@pytest.mark.parametrize("block_size", [32, 64])
+def test_tied_embeddings_are_stored_once_at_int4(qwen, tmp_path, block_size):
     tokenizer = AutoTokenizer.from_pretrained(qwen["teacher"])
     config = Qwen2Config(
         vocab_size=len(tokenizer),
@@ -112,9 +113,18 @@ def test_tied_embeddings_are_stored_once_at_int4(qwen, tmp_path):
     tokenizer.save_pretrained(tmp_path / "tied")
     sequences = chat_sequences(tmp_path / "tied")
     results = export_causal_lm(
-        tmp_path / "tied", tmp_path / "onnx", ["int4"], PROMPTS, 8, gate=Gate(), gate_sequences=sequences
+        tmp_path / "tied",
+        tmp_path / "onnx",
+        ["int4"],
+        PROMPTS,
+        8,
+        gate=Gate(),
+        gate_sequences=sequences,
+        int4_block_size=block_size,
     )
     graph = onnx.load(tmp_path / "onnx" / "int4" / "model.onnx", load_external_data=False).graph
+    quantized = [n for n in graph.node if n.op_type in ("MatMulNBits", "GatherBlockQuantized")]
+    assert {a.i for n in quantized for a in n.attribute if a.name == "block_size"} == {block_size}
     vocab_sized = [t.name for t in graph.initializer if t.dims and t.dims[0] == len(tokenizer)]
     assert vocab_sized == ["lm_head.MatMul.weight_Q8", "lm_head.MatMul.weight_scales"]  # one 8-bit table, no fp32 copy
     (lookup,) = [n for n in graph.node if n.op_type == "GatherBlockQuantized"]
@@ -233,6 +243,25 @@ def test_unsupported_architecture_is_named(tmp_path):
     ):
         export_causal_lm(tmp_path / "t5", tmp_path / "onnx", ["fp32"], PROMPTS)
     assert not (tmp_path / "onnx").exists()
+
+
+@pytest.mark.parametrize("block_size", [32, 128])
+def test_tied_head_repair_renames_the_lookups_missing_inputs(tmp_path, block_size):
+    """Builder 0.18's tied int4 + 8-bit head graph reads the table as ``..._Q8G<block>`` and ``..._scale``."""
+    weights, scales = "lm_head.MatMul.weight_Q8", "lm_head.MatMul.weight_scales"
+    initializers = [onnx.numpy_helper.from_array(np.zeros((4, 1, 8), np.uint8), weights)]
+    initializers.append(onnx.numpy_helper.from_array(np.ones((4, 1), np.float32), scales))
+    nodes = [
+        onnx.helper.make_node("Identity", [f"{weights}G{block_size}"], ["table"]),
+        onnx.helper.make_node("Identity", ["lm_head.MatMul.weight_scale"], ["table_scales"]),
+    ]
+    outputs = [
+        onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None) for n in ("table", "table_scales")
+    ]
+    model_file = tmp_path / "model.onnx"
+    onnx.save(onnx.helper.make_model(onnx.helper.make_graph(nodes, "g", [], outputs, initializers)), model_file)
+    causal_lm.repair_shared_int8_head(model_file)
+    assert [list(n.input) for n in onnx.load(model_file).graph.node] == [[weights], [scales]]
 
 
 def test_unknown_precision_is_rejected(qwen, tmp_path):

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from minnow.core.errors import MinnowError
-from minnow.core.recipe import Gate
+from minnow.core.recipe import Gate, PrecisionGate
 from minnow.core.rundir import RunDir
 from minnow.export import gate
 from minnow.export.causal_lm import export_causal_lm
@@ -53,7 +53,7 @@ def test_run_reports_gate_per_precision(tiny_run: Path) -> None:
     assert fp32["thresholds"] == {"max_abs_logit_diff": {"max": 1e-3}}
     assert int4["top1_agreement"] >= 0.9 and 0 < int4["kl"] <= 0.1
     assert int4["perplexity_onnx"] == pytest.approx(int4["perplexity_pytorch"] * (1 + int4["perplexity_increase"]))
-    assert int4["thresholds"]["top1_agreement"] == {"min": 0.9}
+    assert int4["thresholds"]["top1_agreement"] == {"min": Gate().int4.min_top1_agreement}
     assert "Quality gate" in (tiny_run / "report.md").read_text()
 
 
@@ -108,13 +108,31 @@ def outlier_student(student: Path, out: Path) -> Path:
 
 
 def test_int4_gate_fails_on_outlier_weights_and_writes_nothing(tiny_run: Path, tiny_pair: dict, tmp_path: Path) -> None:
+    """A recipe's strict int4 gate stops the outlier student (about 0.81 top-1, KL 0.03, perplexity +15%). The
+    default gate, set for the int4 loss of a real 135M model (see test_default_gates_follow_the_real_model), lets
+    this mild case through."""
     broken = outlier_student(tiny_run / "student", tmp_path / "broken")
     sequences = ticket_sequences(broken, tiny_pair["data"])
+    strict = Gate(int4=PrecisionGate(min_top1_agreement=0.9, max_kl=0.1, max_perplexity_increase=0.1))
     with pytest.raises(
         MinnowError, match=r"int4 ONNX export failed its quality gate: top1_agreement 0\.\d+ < threshold 0\.9"
     ):
-        export_causal_lm(broken, tmp_path / "onnx", ["int4"], PROMPTS, 8, gate=Gate(), gate_sequences=sequences)
+        export_causal_lm(broken, tmp_path / "onnx", ["int4"], PROMPTS, 8, gate=strict, gate_sequences=sequences)
     assert list((tmp_path / "onnx").iterdir()) == []
+
+
+def test_default_gates_follow_the_real_model() -> None:
+    """The default gates pass every healthy SmolLM2-135M export measured by benchmarks/real_llm/int4.py and stop
+    its broken int4 (a wrong lm_head lookup)."""
+    results = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / "real_llm_int4.json").read_text())
+    for name, row in results["variants"].items():
+        precision = row["setting"]["precision"]
+        for heldout in ("support", "general"):
+            if "broken" in name:
+                with pytest.raises(MinnowError, match="failed its quality gate"):
+                    gate.check(row[heldout], Gate(), precision)
+            else:
+                gate.check(row[heldout], Gate(), precision)
 
 
 def test_impossible_threshold_fails_minnow_export(tiny_run: Path, tmp_path: Path) -> None:

@@ -61,7 +61,8 @@ def test_mobile_artefact_passes_the_checker_and_its_gate(mobile: dict) -> None:
     assert usability["usable"] is True
     assert usability["verdict"].startswith(("For optimal performance", "As NNAPI or CoreML"))
     assert set(usability["accelerators_recommended"]) >= {"NNAPI", "CoreML NeuralNetwork"}
-    assert entry["gate"]["top1_agreement"] >= 0.9 and entry["gate"]["thresholds"]["top1_agreement"] == {"min": 0.9}
+    assert entry["gate"]["top1_agreement"] >= 0.9
+    assert entry["gate"]["thresholds"]["top1_agreement"] == {"min": Gate().int4.min_top1_agreement}
 
 
 def test_mobile_generates_like_the_int4_folder(mobile: dict) -> None:

@@ -311,12 +311,16 @@ class Gate(Section):
     tokens: int = Field(4096, gt=0, description="Held-out next-token positions measured per precision (at most).")
     fp32_max_abs_logit_diff: float = Field(1e-3, gt=0, description="Largest |ONNX − PyTorch| logit allowed at fp32.")
     int8: PrecisionGate = Field(
-        default_factory=lambda: PrecisionGate(min_top1_agreement=0.98, max_kl=0.01, max_perplexity_increase=0.02),
-        description="Thresholds for the int8 export (default: top-1 agreement ≥ 0.98, KL ≤ 0.01, perplexity +2%).",
+        default_factory=lambda: PrecisionGate(min_top1_agreement=0.9, max_kl=0.05, max_perplexity_increase=0.1),
+        description="Thresholds for the int8 export (default: top-1 agreement ≥ 0.9, KL ≤ 0.05, perplexity +10%); "
+        "SmolLM2-135M's builder int8 export measures 0.96, 0.007, +3.5% (benchmarks/results/real_llm_int4.md).",
     )
     int4: PrecisionGate = Field(
-        default_factory=lambda: PrecisionGate(min_top1_agreement=0.9, max_kl=0.1, max_perplexity_increase=0.1),
-        description="Thresholds for the int4 export (default: top-1 agreement ≥ 0.9, KL ≤ 0.1, perplexity +10%).",
+        default_factory=lambda: PrecisionGate(min_top1_agreement=0.45, max_kl=1.0, max_perplexity_increase=0.5),
+        description="Thresholds for the int4 export (default: top-1 agreement ≥ 0.45, KL ≤ 1.0, perplexity +50%). "
+        "Set from SmolLM2-135M's builder int4 exports: healthy ones measure top-1 0.50–0.65, KL 0.47–0.91, "
+        "perplexity +2–35%; one with a broken lm_head lookup 0.01, 6.7, +32,700% "
+        "(benchmarks/results/real_llm_int4.md).",
     )
 
 
@@ -346,6 +350,9 @@ class Export(Section):
     )
     int4_lm_head: Literal["int8", "int4"] = Field(
         "int8", description="Causal-lm int4: bits of the output projection (8 keeps the most sensitive MatMul finer)."
+    )
+    int4_block_size: Literal[16, 32, 64, 128, 256] = Field(
+        32, description="Causal-lm int4: weights per quantization scale (larger: smaller and faster, coarser)."
     )
     targets: list[Literal["cpu", "mobile"]] = Field(
         ["cpu"], description="Causal-lm: `mobile` adds mobile/, the int4 folder as an ORT-format model for phones."
