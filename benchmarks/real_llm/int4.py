@@ -144,10 +144,17 @@ def timed(tokens: Iterator[int]) -> tuple[float, float]:
     return milliseconds(first - started), decoded / (time.perf_counter() - first)
 
 
-def speed(teacher, folders: dict[str, Path], prompt_ids: list[int], new_tokens: int, rounds: int, threads: int) -> dict:
-    """Each variant's TTFT and decode tokens/s per round, all in this process at ``threads`` threads."""
+def speed(
+    models: dict[str, torch.nn.Module],
+    folders: dict[str, Path],
+    prompt_ids: list[int],
+    new_tokens: int,
+    rounds: int,
+    threads: int,
+) -> dict:
+    """Each PyTorch model's and ONNX folder's TTFT and decode tokens/s per round, in this process at ``threads``."""
     torch.set_num_threads(threads)
-    runs = {TEACHER_TORCH: lambda: torch_greedy(teacher, prompt_ids, new_tokens, set())}
+    runs = {name: lambda m=model: torch_greedy(m, prompt_ids, new_tokens, set()) for name, model in models.items()}
     runs |= {name: lambda f=folder: onnx_greedy(f, prompt_ids, new_tokens, threads) for name, folder in folders.items()}
     for run in runs.values():
         timed(run())  # warm-up (and the ONNX models' load), untimed
@@ -197,7 +204,10 @@ def main() -> None:
     prompt = json.loads(GENERAL.read_text(encoding="utf-8").splitlines()[0])["prompt"]
     prompt_ids = encode_prompt(tokenizer, prompt)
     timed_folders = {n: f for n, f in folders.items() if n != BROKEN}
-    timings = {t: speed(teacher, timed_folders, prompt_ids, args.new_tokens, args.rounds, t) for t in args.threads}
+    timings = {
+        t: speed({TEACHER_TORCH: teacher}, timed_folders, prompt_ids, args.new_tokens, args.rounds, t)
+        for t in args.threads
+    }
     results = {
         "command": "OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/real_llm/int4.py "
         + shlex.join(sys.argv[1:]),
