@@ -81,7 +81,7 @@ for conf in configs:
     terms = list(weights)
     rng = np.random.default_rng(0)
     student.train()
-    t1 = time.time()
+    t1, c1 = time.time(), time.process_time()
     losses = []
     for _ in range(STEPS):
         idx = rng.choice(len(train), BS, replace=False)
@@ -107,7 +107,7 @@ for conf in configs:
         opt.step()
         sched.step()
         losses.append(loss.item())
-    train_s = time.time() - t1
+    train_s, train_cpu_s = time.time() - t1, time.process_time() - c1
     student.eval()
     enc = TorchEncoder(student, tok)
     h = agreement(enc.encode(held, 32, 128), he_e)
@@ -124,6 +124,7 @@ for conf in configs:
                 "threads": args.threads,
                 "steps": STEPS,
                 "train_s": round(train_s),
+                "train_cpu_s": round(train_cpu_s),
                 "loss_first_last": [round(np.mean(losses[:10]), 4), round(np.mean(losses[-10:]), 4)],
                 "held": {k: round(v, 3) for k, v in h.items()},
                 "unseen": {k: round(v, 3) for k, v in u.items()},
