@@ -244,8 +244,8 @@ def _benchmark_tab(
         notes = {
             "causal-lm": f"greedy generation of at most {settings.max_new_tokens} tokens per prompt: time to first "
             "token, and tokens/s including the prompt's processing. *Quality retained*: the student's top-1 "
-            "next-token agreement with the teacher on held-out responses, times, for an ONNX variant, its greedy "
-            "token agreement with the PyTorch student (both from the run's report).",
+            "next-token agreement with the teacher on held-out responses, times, for an ONNX variant, its top-1 "
+            "agreement with the PyTorch student from the export gate (both from the run's report).",
             "embedding": "the held-out texts as search queries over the run's corpus, one at a time. *Quality "
             "retained*: top-10 retrieval overlap with the teacher on held-out texts (from the run's report).",
         }

@@ -81,7 +81,9 @@ def quality_retained(variant: Variant, report: Report) -> float | None:
     """How much of the teacher's quality the variant kept, in % (the teacher is 100), from the run's report.
 
     causal-lm: the PyTorch student's held-out top-1 next-token agreement with the teacher; an ONNX variant's
-    is that times its greedy token agreement with the PyTorch student. embedding: the variant's top-10
+    is that times its export gate's top-1 agreement with the PyTorch student over the same kind of held-out
+    positions (greedy token agreement where the report has no gate figures: one early miss would count every
+    later token of a generation as lost). embedding: the variant's top-10
     retrieval overlap with the teacher. None where the report does not have the figure (yet).
     """
     if variant.is_teacher:
@@ -93,7 +95,9 @@ def quality_retained(variant: Variant, report: Report) -> float | None:
     if variant.precision is None:
         return _percent(agreement)
     folder = (report.export or {}).get(variant.precision)
-    return _percent(agreement, folder.parity.get("token_agreement") if folder else None)
+    if folder is None:
+        return None
+    return _percent(agreement, (folder.gate or {}).get("top1_agreement", folder.parity.get("token_agreement")))
 
 
 def _percent(*fractions: float | None) -> float | None:

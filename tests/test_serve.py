@@ -156,7 +156,7 @@ def test_benchmark_measures_every_variant_while_other_requests_wait(tiny_run: Pa
         assert size_mb > 0 and latency_ms > 0 and tokens_per_s > 0 and 0 <= quality <= 100, label
     quality = {row[0]: row[4] for row in table["data"]}
     student = 100 * report.distill.eval["student"]["top1_agreement"]
-    int4 = student * report.export["int4"].parity["token_agreement"]
+    int4 = student * report.export["int4"].gate["top1_agreement"]
     assert quality == {
         "tiny · teacher": 100,
         "tiny · student": round(student, 2),
