@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from pathlib import Path
+from statistics import mean
 
 import torch
 
@@ -15,7 +16,7 @@ from minnow.core.measures import size_on_disk
 from minnow.core.report_schema import Report, variant_key
 from minnow.core.rundir import RunDir
 from minnow.distill.encoder import TorchEncoder
-from minnow.distill.metrics import agreement
+from minnow.distill.metrics import agreement, rouge_l
 from minnow.distill.models import local_model_dir
 
 from .embedding import ECOSYSTEM_FILES, OnnxEncoder, throughput
@@ -94,17 +95,19 @@ def measure_embedding(
 def measure_causal(run: RunDir, meter: EnergyMeter, threads: int | None = None) -> dict:
     """Greedy generation of ``serve.max_new_tokens`` for each of ``serve.benchmark_prompts`` held-out prompts (one
     request each) by the teacher, the student and each ONNX precision, through the demo's own code path: tokens/s,
-    time to first token and energy."""
+    time to first token, energy, and ROUGE-L of each variant's answers against the teacher's (the teacher runs
+    first)."""
     prompts = heldout_prompts(run.report(), run.recipe.serve.benchmark_prompts)
     threads = threads or os.cpu_count() or 1
     max_new_tokens = run.recipe.serve.max_new_tokens
-    rows = {}
+    rows, teacher_texts = {}, []
     for variant in compare_variants([run]):
         name = variant_key("teacher" if variant.is_teacher else "student", variant.precision)
         deque(stream_text(variant, prompts[0], 1, threads), maxlen=0)  # loads the model, untimed
         with meter.task() as energy:
             finals = [deque(stream_text(variant, prompt, max_new_tokens, threads), maxlen=1)[0] for prompt in prompts]
         tokens_per_s, ttft_ms = generation_throughput(finals)
+        teacher_texts = teacher_texts or [f.text for f in finals]
         rows[name] = {
             "tokens_per_s": round(tokens_per_s, 2),
             "ttft_ms": round(ttft_ms, 2),
@@ -112,6 +115,7 @@ def measure_causal(run: RunDir, meter: EnergyMeter, threads: int | None = None) 
             "requests": len(prompts),
             "tokens": sum(f.tokens for f in finals),
             "energy": energy,
+            "rouge_l_vs_teacher": round(mean(rouge_l(f.text, t) for f, t in zip(finals, teacher_texts)), 4),
         }
     teacher = rows[variant_key("teacher")]
     for row in rows.values():

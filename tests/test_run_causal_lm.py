@@ -53,6 +53,15 @@ def test_export_sizes_and_parity_reported(tiny_run):
 
 
 @pytest.mark.slow
+def test_side_by_side_scores_each_variants_answers_against_the_teachers(tiny_run):
+    rows = json.loads((tiny_run / "report.json").read_text())["variants"]["variants"]
+    assert rows["teacher (PyTorch)"]["rouge_l_vs_teacher"] == 1.0
+    # The fp32 export reproduces the PyTorch student's greedy text (parity gate), so their scores are equal.
+    assert rows["student ONNX fp32"]["rouge_l_vs_teacher"] == rows["student (PyTorch)"]["rouge_l_vs_teacher"]
+    assert all(0 <= row["rouge_l_vs_teacher"] <= 1 for row in rows.values())
+    assert "ROUGE-L vs teacher" in (tiny_run / "report.md").read_text()
+
+
 def test_lora_student_is_merged_into_plain_weights(tiny_pair, tmp_path):
     recipe = tiny_recipe(tiny_pair, tmp_path / "runs", lora={"r": 8, "alpha": 16, "dropout": 0.0})
     recipe["distill"] |= {"steps": 6, "save_steps": 100}

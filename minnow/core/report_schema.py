@@ -47,6 +47,9 @@ class VariantFigures(Section):
     tokens_per_s: float | None = Field(None, description="Causal-lm: generated tokens over the requests' seconds.")
     ttft_ms: float | None = Field(None, description="Causal-lm: mean time to first token.")
     tokens: int | None = Field(None, description="Causal-lm: tokens generated over all requests.")
+    rouge_l_vs_teacher: float | None = Field(
+        None, description="Causal-lm: mean ROUGE-L F1 of the variant's greedy answers against the teacher's."
+    )
     sentences_per_s: float | None = Field(None, description="Embedding: texts embedded per second.")
     mean_cosine: float | None = None
     spearman_pairwise: float | None = None

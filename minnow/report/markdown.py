@@ -114,9 +114,10 @@ def variants_section(v: Variants, task: str) -> list[str]:
             f"{v.threads} threads, every variant in one process.",
             "",
         ]
-        keys = ["tokens_per_s", "speedup_vs_teacher", "ttft_ms"]
+        keys = ["tokens_per_s", "speedup_vs_teacher", "ttft_ms", "rouge_l_vs_teacher"]
         rows = [[name, _mb(r.size_bytes), *(getattr(r, k) for k in keys)] for name, r in v.variants.items()]
-        return lines + _table(["variant", "size", "tokens/s", "× teacher", "time to first token (ms)"], rows)
+        header = ["variant", "size", "tokens/s", "× teacher", "time to first token (ms)", "ROUGE-L vs teacher"]
+        return lines + _table(header, rows)
     lines += [
         f"Quality against the teacher on {v.texts} held-out texts; sentences/s on the first {v.timed_texts} of them, "
         f"batch {v.batch_size}, {v.threads} threads, every variant in one process.",
