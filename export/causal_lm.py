@@ -34,15 +34,14 @@ from . import gate as quality_gate
 from .genai import greedy_generator, load_model
 from .mobile import DEFAULT_MAX_LENGTH, write_mobile
 from .precisions import export_precisions
-from .torch_decoder import export_torch_decoder, torch_architectures
+from .torch_decoder import BLOCK_SIZE, export_torch_decoder, torch_architectures
 
 SUPPORTED_PRECISIONS = ("fp32", "int8", "int4")
 BUILDER_MODULE = "onnxruntime_genai.models.builder"
-# Weight-only (MatMulNBits) quantization: int8 activations in the MatMul (accuracy level 4); int8 in blocks of 32
-# weights, int4 in blocks of export.int4_block_size (default 32). onnxruntime-genai >= 0.18 names these
+# Weight-only (MatMulNBits) quantization: int8 activations in the MatMul (accuracy level 4); int8 in blocks of
+# BLOCK_SIZE weights, int4 in blocks of export.int4_block_size. onnxruntime-genai >= 0.18 names these
 # block_size/accuracy_level; it silently ignores the old int4_-prefixed names.
 ACCURACY_OPTION = "accuracy_level=4"
-BLOCK_SIZE = 32
 # int4 keeps the output projection, the most quantization-sensitive MatMul, at 8 bits (measured on the trained tiny
 # Qwen2: top-1 agreement with PyTorch 0.996 with an 8-bit lm_head, 0.974 with a 4-bit one, over 3408 tokens).
 INT8_LM_HEAD_OPTION = "matmul_mixed_precision=last_matmul:int8"
@@ -92,12 +91,11 @@ class CausalExport:
         self.reference_model: torch.nn.Module | None = None
 
     def write(self, precision: str, folder: Path) -> None:
+        block_size = self.int4_block_size if precision == "int4" else BLOCK_SIZE
         if self.architecture in builder_architectures():
-            _build(self.student_dir, folder, precision, self.architecture, self.int4_lm_head, self.int4_block_size)
+            _build(self.student_dir, folder, precision, self.architecture, self.int4_lm_head, block_size)
         else:
-            export_torch_decoder(
-                self.student_dir, folder, precision, self.scratch, self.int4_lm_head, self.int4_block_size
-            )
+            export_torch_decoder(self.student_dir, folder, precision, self.scratch, self.int4_lm_head, block_size)
         if self.max_length is not None:
             _cap_length(folder, self.max_length)
 
@@ -213,15 +211,15 @@ def _build(
     out_dir: Path,
     precision: str,
     architecture: str,
-    int4_lm_head: str = "int8",
-    int4_block_size: int = BLOCK_SIZE,
+    int4_lm_head: str,
+    block_size: int,
 ) -> None:
-    """Run the model builder in a subprocess, offline, writing one precision into the existing ``out_dir``."""
+    """Run the model builder in a subprocess, offline, writing one precision into the existing ``out_dir``
+    (``block_size``: this precision's quantization block)."""
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".builder.", suffix=TMP_SUFFIX) as work:
         command = [sys.executable, "-m", BUILDER_MODULE, "-i", str(student_dir.resolve()), "-o", str(out_dir.resolve())]
         command += ["-p", precision, "-e", "cpu", "-c", str(Path(work) / "cache")]
         if precision != "fp32":
-            block_size = int4_block_size if precision == "int4" else BLOCK_SIZE
             command += ["--extra_options", f"block_size={block_size}", ACCURACY_OPTION]
         if precision == "int4" and int4_lm_head == "int8":
             command.append(INT8_LM_HEAD_OPTION)

@@ -215,10 +215,10 @@ def export_torch_decoder(
     precision: str,
     scratch: Path,
     int4_lm_head: str,
-    int4_block_size: int = BLOCK_SIZE,
+    block_size: int,
 ) -> None:
-    """Write one precision of ``student_dir`` into the existing ``out_dir``; the fp32 graph is traced once into
-    ``scratch`` and reused by the other precisions."""
+    """Write one precision of ``student_dir`` into the existing ``out_dir`` (``block_size``: this precision's
+    quantization block); the fp32 graph is traced once into ``scratch`` and reused by the other precisions."""
     fp32_path = scratch / MODEL_FILE
     model = load_decoder(student_dir)
     architecture = model.config.architectures[0] if model.config.architectures else type(model).__name__
@@ -237,7 +237,6 @@ def export_torch_decoder(
         shutil.copyfile(fp32_path.with_name(MODEL_FILE + ".data"), out_dir / (MODEL_FILE + ".data"))
     else:
         bits = 4 if precision == "int4" else 8
-        block_size = int4_block_size if precision == "int4" else BLOCK_SIZE
         quantize(fp32_path, out_dir / MODEL_FILE, bits, 8 if int4_lm_head == "int8" else bits, block_size)
     tokenizer = AutoTokenizer.from_pretrained(student_dir)
     context = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
