@@ -53,6 +53,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 TEACHER_TORCH = "teacher PyTorch fp32"
 DEFAULT = "int4, 8-bit head, block 32 (default)"
 BROKEN = "broken: default with off-by-one embedding scales"
+RATIOS = {"x_teacher_pytorch": TEACHER_TORCH, "x_teacher_int4": DEFAULT}
 
 
 @dataclass(frozen=True)
@@ -217,7 +218,7 @@ def main() -> None:
         "heldout": {name: {"sequences": len(s), "tokens": sum(len(x) - 1 for x in s)} for name, s in sets.items()},
         "gate": gate.model_dump(),
         "speed": {"prompt": prompt, "prompt_tokens": len(prompt_ids), "new_tokens": args.new_tokens}
-        | {"rounds": args.rounds, "by_threads": {str(t): summarise(rows) for t, rows in timings.items()}},
+        | {"rounds": args.rounds, "by_threads": {str(t): summarise(rows, RATIOS) for t, rows in timings.items()}},
         "variants": variants,
     }
     (RESULTS / "real_llm_int4.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
@@ -240,16 +241,17 @@ def machine_note(load_before: tuple[float, float, float]) -> str:
     )
 
 
-def summarise(timings: dict[str, dict[str, list[float]]]) -> dict:
-    """Medians, and the median of per-round ratios to the teacher's PyTorch and to its default int4 folder."""
-    torch_rates, int4_rates = timings[TEACHER_TORCH]["tokens_per_s"], timings[DEFAULT]["tokens_per_s"]
+def summarise(timings: dict[str, dict[str, list[float]]], ratios: dict[str, str]) -> dict:
+    """Medians, and for each ``ratios`` entry (key → reference variant) the median of per-round tok/s ratios."""
     return {
         name: row
         | {
             "median_tokens_per_s": statistics.median(row["tokens_per_s"]),
             "median_ttft_ms": statistics.median(row["ttft_ms"]),
-            "x_teacher_pytorch": round(statistics.median(r / t for r, t in zip(row["tokens_per_s"], torch_rates)), 2),
-            "x_teacher_int4": round(statistics.median(r / t for r, t in zip(row["tokens_per_s"], int4_rates)), 2),
+        }
+        | {
+            key: round(statistics.median(r / t for r, t in zip(row["tokens_per_s"], timings[ref]["tokens_per_s"])), 2)
+            for key, ref in ratios.items()
         }
         for name, row in timings.items()
     }

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from minnow.core.rundir import RunDir
 from minnow.export.causal_lm import encode_prompt
 
 sys.path.insert(0, str(Path(__file__).parent))
-from int4 import GENERAL, RESULTS, Setting, export, speed  # noqa: E402
+from int4 import GENERAL, RESULTS, Setting, export, speed, summarise  # noqa: E402
 
 ARMS = ("teacher PyTorch fp32", "teacher int4", "student PyTorch fp32", "student int4")
 
@@ -57,17 +56,9 @@ def main() -> None:
     }
     for threads in args.threads:
         rows = speed(models, folders, prompt_ids, args.new_tokens, args.rounds, threads)
-        base = rows[ARMS[0]]["tokens_per_s"]
-        results["by_threads"][str(threads)] = {
-            name: {
-                "median_tokens_per_s": statistics.median(rows[name]["tokens_per_s"]),
-                "median_ttft_ms": statistics.median(rows[name]["ttft_ms"]),
-                "x_teacher_pytorch": round(
-                    statistics.median(r / b for r, b in zip(rows[name]["tokens_per_s"], base)), 2
-                ),
-            }
-            for name in ARMS
-        }
+        results["by_threads"][str(threads)] = summarise(
+            {name: rows[name] for name in ARMS}, {"x_teacher_pytorch": ARMS[0]}
+        )
     atomic.write_json(RESULTS / "real_llm_speed.json", results)
     atomic.write_text(RESULTS / "real_llm_speed.md", markdown(results))
     print(markdown(results))
