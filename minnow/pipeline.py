@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from rich.console import Console
 
 from .core.energy import energy_meter
+from .core.report_schema import Report
 from .core.rundir import RunDir, jsonl_rows
 from .report.cost import cost_section
 from .report.markdown import write_markdown
@@ -131,16 +132,15 @@ def report(run: RunDir) -> None:
     console.print(f"report: {run.report_md}")
 
 
-def _distill_gaps(run: RunDir) -> list[str]:
+def _distill_gaps(run: RunDir, report: Report) -> list[str]:
     gaps = {
         "no trained student (student/)": not (run.student / "config.json").is_file(),
-        "no distill section in report.json": run.report().distill is None,
+        "no distill section in report.json": report.distill is None,
     }
     return [text for text, absent in gaps.items() if absent]
 
 
-def _export_gaps(run: RunDir) -> list[str]:
-    report = run.report()
+def _export_gaps(run: RunDir, report: Report) -> list[str]:
     gaps = {
         "no export section in report.json": report.export is None,
         "no measured variants in report.json": report.variants is None,
@@ -152,13 +152,14 @@ def _export_gaps(run: RunDir) -> list[str]:
 
 
 def is_distilled(run: RunDir) -> bool:
-    return not _distill_gaps(run)
+    return not _distill_gaps(run, run.report())
 
 
 def is_exported(run: RunDir) -> bool:
-    return not _export_gaps(run)
+    return not _export_gaps(run, run.report())
 
 
 def missing(run: RunDir) -> list[str]:
     """What a finished run has and this one lacks, in words (empty when the run is complete)."""
-    return _distill_gaps(run) + _export_gaps(run)
+    report = run.report()
+    return _distill_gaps(run, report) + _export_gaps(run, report)
