@@ -9,7 +9,7 @@ the KL that cutting opened which distillation closed, and the targets of issue #
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/real_llm/judge.py runs/smollm2-135m-offline-<time> [--prompts 16]
 
-Writes benchmarks/results/real_llm.json and .md. The teacher's answers are kept in
+Writes benchmarks/results/<--name, default real_llm>.json and .md. The teacher's answers are kept in
 benchmarks/real_llm/heldout_general.jsonl (written on first use).
 """
 
@@ -87,13 +87,15 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--name", default="real_llm", help="results file stem in benchmarks/results/")
     args = parser.parse_args()
+    out = RESULTS / f"{args.name}.json"
     run = RunDir.open(args.run_dir)
     started = time.perf_counter()
     judge = Judge(run, args.prompts, args.max_new_tokens)
     models = {"student_init": run.student_init, "student_sft": run.student_sft, "student": run.student}
     results: dict = {"run": run.path.name, "prompts": args.prompts, "max_new_tokens": args.max_new_tokens, "models": {}}
-    previous = json.loads((RESULTS / "real_llm.json").read_text()) if (RESULTS / "real_llm.json").is_file() else {}
+    previous = json.loads(out.read_text()) if out.is_file() else {}
     if all(previous.get(k) == results[k] for k in ("run", "prompts", "max_new_tokens")):
         results = previous | {"models": previous["models"]}  # a rerun scores only the models added since
     for name, folder in models.items():
@@ -112,8 +114,8 @@ def main() -> None:
         targets["KL >= 20% below SFT"] = results["kl_vs_sft"] <= -0.2
     results["targets"] = targets
     results["seconds"] = round(time.perf_counter() - started, 1)
-    atomic.write_json(RESULTS / "real_llm.json", results)
-    atomic.write_text(RESULTS / "real_llm.md", markdown(results))
+    atomic.write_json(out, results)
+    atomic.write_text(out.with_suffix(".md"), markdown(results))
     print(markdown(results))
 
 
