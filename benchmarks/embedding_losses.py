@@ -7,9 +7,14 @@ licence paragraphs. The loss terms are Minnow's (`minnow.distill.losses`), compu
 computes them. Prints one JSON line per config.
 
     python benchmarks/embedding_losses.py N_TRAIN N_HELD N_UNSEEN STEPS BATCH LR_TIMES_1000 CONF[,CONF...] [LAYERS] [split]
-        [--unfrozen] [--threads N]
+        [--unfrozen] [--threads N] [--eval-every K]
     e.g. python benchmarks/embedding_losses.py 1500 300 300 120 32 1 mse+cosine,cosine+similarity '[0,5]'
          python benchmarks/embedding_losses.py 3000 500 500 300 32 0.3 mse+cosine '[0,2,5]' --threads 1
+         python benchmarks/embedding_losses.py 3000 500 500 600 32 1 mse+cosine '[0,2,5]' --threads 1 --eval-every 150
+
+With --eval-every K, also prints the agreement and the mean training loss of the last K steps every K steps
+(`"step"` lines): a learning curve under this schedule. Evaluation runs without dropout or the training RNG, so the
+final figures are those of a run without it.
 """
 
 import argparse
@@ -46,6 +51,7 @@ parser.add_argument("layers", type=json.loads, nargs="?", default=[0, 5])
 parser.add_argument("split", choices=["split"], nargs="?", help="also train on each paragraph's sentences")
 parser.add_argument("--unfrozen", action="store_true", help="train the token-embedding table too")
 parser.add_argument("--threads", type=int, default=2)
+parser.add_argument("--eval-every", type=int, default=0, help="also evaluate every K steps (0: only at the end)")
 args = parser.parse_args()
 N_TRAIN, N_HELD, N_UNSEEN, STEPS, BS = args.n_train, args.n_held, args.n_unseen, args.steps, args.batch
 configs, layers, split = args.configs, args.layers, args.split is not None
@@ -68,6 +74,21 @@ else:
     np.save(cache, emb)
 print(f"teacher pass {time.time() - t0:.0f}s, train {len(train)}", flush=True)
 tr_e, he_e, un_e = emb[: len(train)], emb[len(train) : len(train) + len(held)], emb[len(train) + len(held) :]
+
+
+def evaluate(student: torch.nn.Module) -> dict[str, dict[str, float]]:
+    """Agreement with the teacher on the held-out and unseen texts; leaves the student in training mode."""
+    student.eval()
+    enc = TorchEncoder(student, tok)
+    with torch.no_grad():
+        out = {
+            name: agreement(enc.encode(texts, 32, 128), ref)
+            for name, texts, ref in (("held", held, he_e), ("unseen", unseen, un_e))
+        }
+    student.train()
+    return {name: {k: round(v, 3) for k, v in a.items()} for name, a in out.items()}
+
+
 for conf in configs:
     torch.manual_seed(0)
     student = derive_student(teacher, layers)
@@ -82,8 +103,9 @@ for conf in configs:
     rng = np.random.default_rng(0)
     student.train()
     t1, c1 = time.time(), time.process_time()
+    eval_s = eval_cpu_s = 0.0  # mid-run evaluations, left out of the training times
     losses = []
-    for _ in range(STEPS):
+    for step in range(STEPS):
         idx = rng.choice(len(train), BS, replace=False)
         b = tok([train[i] for i in idx], padding=True, truncation=True, max_length=128, return_tensors="pt")
         target = torch.from_numpy(tr_e[idx])
@@ -107,11 +129,15 @@ for conf in configs:
         opt.step()
         sched.step()
         losses.append(loss.item())
-    train_s, train_cpu_s = time.time() - t1, time.process_time() - c1
-    student.eval()
-    enc = TorchEncoder(student, tok)
-    h = agreement(enc.encode(held, 32, 128), he_e)
-    u = agreement(enc.encode(unseen, 32, 128), un_e)
+        K = args.eval_every
+        if K and (step + 1) % K == 0 and step + 1 < STEPS:
+            e0, ec0 = time.time(), time.process_time()
+            line = {"conf": conf, "step": step + 1, "loss": round(np.mean(losses[-K:]), 4)}
+            line |= {"train_cpu_s": round(time.process_time() - c1 - eval_cpu_s)} | evaluate(student)
+            print(json.dumps(line), flush=True)
+            eval_s, eval_cpu_s = eval_s + time.time() - e0, eval_cpu_s + time.process_time() - ec0
+    train_s, train_cpu_s = time.time() - t1 - eval_s, time.process_time() - c1 - eval_cpu_s
+    ev = evaluate(student)
     print(
         json.dumps(
             {
@@ -126,8 +152,9 @@ for conf in configs:
                 "train_s": round(train_s),
                 "train_cpu_s": round(train_cpu_s),
                 "loss_first_last": [round(np.mean(losses[:10]), 4), round(np.mean(losses[-10:]), 4)],
-                "held": {k: round(v, 3) for k, v in h.items()},
-                "unseen": {k: round(v, 3) for k, v in u.items()},
+                "loss_last_window": round(np.mean(losses[-args.eval_every :]), 4) if args.eval_every else None,
+                "held": ev["held"],
+                "unseen": ev["unseen"],
             }
         ),
         flush=True,
