@@ -6,14 +6,16 @@ both tokenizers over one text, one teacher cache (top-k with token spans, built 
 so every seed's split reuses it), the collator that aligns at training time, the Trainer subclass, the held-out
 evaluation. Settings come from the bundled recipe ``recipes/gemma3-to-smollm2.yaml``, scaled down by flags.
 
-Per arm and seed: held-out loss of the student on the data (per student token, the target metric), ULD to the
-teacher, ROUGE-L of the student's greedy continuation of each held-out prompt against the teacher's, and the
-training seconds per step (the teacher is cached: no arm runs it). Differences to SFT-only are paired by seed
+Per arm and seed: held-out loss of the student on the data (per student token, the target metric; per character
+of the text without the appended EOS too, comparable with the teacher's and the untrained student's), ULD to the
+teacher, ROUGE-L of the student's greedy continuation of each held-out prompt against the data's response (the
+teacher's own text on the default data), and the training seconds per step (the teacher is cached: no arm runs it). Differences to SFT-only are paired by seed
 (same split, same order) and given with a 95% t-interval. Arms of one seed run back to back, so machine load
 hits them alike. Results: benchmarks/results/<--name>.{json,md}; each finished arm is saved at once and
 skipped when the script is rerun.
 
-    python benchmarks/cross_tokenizer.py [--seeds 3] [--steps 30] [--workdir /tmp/cross-tok]
+    python benchmarks/cross_tokenizer.py [--seeds 3] [--steps 30] [--data FILE.jsonl] [--ce-weight 0.5]
+        [--train-examples N] [--arms sft hybrid] [--workdir /tmp/cross-tok]
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import json
 import math
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -34,6 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 RECIPE = ROOT / "recipes" / "gemma3-to-smollm2.yaml"
 ARMS = ("sft", "uld", "hybrid")
+COLUMNS = ("heldout_loss", "heldout_loss_per_char", "text_loss_per_char", "uld_to_teacher", "top1_agreement")
+COLUMNS += ("rouge_l", "step_seconds")
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
@@ -74,7 +79,10 @@ def load_recipe(args):
     d = recipe.distill
     d.steps, d.batch_size, d.max_seq_len, d.lr = args.steps, args.batch_size, args.max_seq_len, args.lr
     d.eos_kd = not args.no_eos_kd
-    recipe.data.heldout = args.heldout
+    d.ce_weight = args.ce_weight if args.ce_weight is not None else d.ce_weight
+    recipe.data.heldout, recipe.data.max_examples = args.heldout, args.train_examples
+    if args.data is not None:
+        recipe.data.path = str(args.data)
     return recipe
 
 
@@ -137,10 +145,19 @@ def main() -> None:
     parser.add_argument(
         "--no-eos-kd", action="store_true", help="distill.eos_kd: false (the EOS pair trained by CE only)"
     )
+    parser.add_argument("--data", type=Path, help="prompt/response JSONL instead of the recipe's data")
+    parser.add_argument(
+        "--ce-weight", type=float, help="distill.ce_weight of the ULD and hybrid arms (recipe's if unset)"
+    )
+    parser.add_argument("--train-examples", type=int, help="data.max_examples: train on at most this many")
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="sft is always run")
     parser.add_argument("--name", default="cross_tokenizer", help="results file stem in benchmarks/results/")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared, oversubscribed CPU)")
     args = parser.parse_args()
     args.recipe = args.recipe.resolve()
+    args.data = args.data.resolve() if args.data is not None else None
+    args.arms = ["sft"] + [a for a in args.arms if a != "sft"]
+    args.command = "python benchmarks/cross_tokenizer.py " + " ".join(sys.argv[1:])
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     torch.set_num_threads(args.threads)
 
@@ -149,6 +166,7 @@ def main() -> None:
     from minnow.distill.cross_flow import cache_teacher_cross, evaluate_cross, prepare_cross
     from minnow.distill.cross_tokenizer import CrossTokenizerCollator, vocabulary_match
     from minnow.distill.losses import IGNORE_INDEX
+    from minnow.distill.models import load_causal_lm
     from minnow.distill.training import pick_device
 
     class Run:  # what cache_teacher_cross reads of a run directory
@@ -164,8 +182,10 @@ def main() -> None:
         recipe = load_recipe(args)
         recipe.distill.seed = seed
         p = prepare_cross(recipe)
+        every = recipe.model_copy(deep=True)  # the cache covers every example, so every seed's split reuses it
+        every.data.max_examples = None
         started = time.perf_counter()
-        cache, info = cache_teacher_cross(Run(recipe, args.workdir / "teacher_cache"), p, device)
+        cache, info = cache_teacher_cross(Run(every, args.workdir / "teacher_cache"), prepare_cross(every), device)
         setup.setdefault("cache_seconds", info["built_seconds"] or round(time.perf_counter() - started, 1))
         setup |= {
             "method_auto": p["why"],
@@ -178,20 +198,30 @@ def main() -> None:
         prompts = {
             r["id"]: prompt_of(by_id[r["id"]], p["student_tok"], recipe.data.chat_template) for r in p["eval_rows"]
         }
-        teacher_answers = {i: by_id[i]["response"] for i in prompts}  # the data is the teacher's greedy text
+        references = {i: by_id[i]["response"] for i in prompts}
         collate = DataCollatorForSeq2Seq(
             p["student_tok"], padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt"
         )
         table = vocabulary_match(p["student_tok"], p["teacher_tok"])[0]
         eval_collate = CrossTokenizerCollator(collate, cache, 1.0, recipe.distill.eos_kd)
-        for arm in ARMS:
+        if f"untrained/{seed}" not in done:
+            untrained = load_causal_lm(recipe.student, device)
+            ev = evaluate_cross(untrained, p["eval_rows"], eval_collate, table, recipe.distill.eval_batch_size, device)
+            done[f"untrained/{seed}"] = {"arm": "untrained", "seed": seed, "eval": ev}
+            print(
+                f"seed {seed} text loss/char: teacher {ev['teacher']['text_loss_per_char']:.4f}, "
+                f"untrained student {ev['student']['text_loss_per_char']:.4f}",
+                flush=True,
+            )
+            del untrained
+        for arm in args.arms:
             key = f"{arm}/{seed}"
             if key in done:
                 continue
             student, step_seconds = train_arm(recipe, p, cache, arm, seed, args.workdir, device)
             ev = evaluate_cross(student, p["eval_rows"], eval_collate, table, recipe.distill.eval_batch_size, device)
             answers = greedy(student, p["student_tok"], list(prompts.values()), args.new_tokens, device)
-            rouge = statistics.fmean(rouge_l(a, teacher_answers[i]) for i, a in zip(prompts, answers))
+            rouge = statistics.fmean(rouge_l(a, references[i]) for i, a in zip(prompts, answers))
             done[key] = {
                 "arm": arm,
                 "seed": seed,
@@ -201,7 +231,7 @@ def main() -> None:
                 "example_answer": {
                     "prompt": next(iter(prompts.values())),
                     "student": answers[0],
-                    "teacher": teacher_answers[next(iter(prompts))],
+                    "reference": references[next(iter(prompts))],
                 },
             }
             partial.write_text(json.dumps(done, indent=1, ensure_ascii=False))
@@ -215,17 +245,22 @@ def write_results(args, setup: dict, done: dict) -> None:
     metric = {
         "heldout_loss": lambda v: v["eval"]["student"]["loss"],
         "heldout_loss_per_char": lambda v: v["eval"]["student"]["loss_per_char"],
+        "text_loss_per_char": lambda v: v["eval"]["student"]["text_loss_per_char"],
         "uld_to_teacher": lambda v: v["eval"]["student"]["uld_to_teacher"],
         "top1_agreement": lambda v: v["eval"]["student"]["top1_agreement"],
-        "rouge_l_vs_teacher": lambda v: v["rouge_l"],
+        "rouge_l": lambda v: v["rouge_l"],
         "step_seconds": lambda v: v["step_seconds"],
     }
     arms = {
-        arm: {name: [f(done[f"{arm}/{s}"]) for s in seeds if f"{arm}/{s}" in done] for name, f in metric.items()}
-        for arm in ARMS
+        arm: {
+            name: [f(done[f"{arm}/{s}"]) for s in seeds if f"{arm}/{s}" in done]
+            for name, f in metric.items()
+            if arm != "untrained" or name not in ("rouge_l", "step_seconds")
+        }
+        for arm in ["untrained", *args.arms]
     }
     paired = {}
-    for arm in ("uld", "hybrid"):
+    for arm in args.arms[1:]:
         both = [s for s in seeds if f"{arm}/{s}" in done and f"sft/{s}" in done]
         paired[arm] = {
             name: interval([f(done[f"{arm}/{s}"]) - f(done[f"sft/{s}"]) for s in both])
@@ -236,11 +271,11 @@ def write_results(args, setup: dict, done: dict) -> None:
                 [done[f"{arm}/{s}"]["step_seconds"] / done[f"sft/{s}"]["step_seconds"] for s in both]
             )
         }
-    teacher = next(iter(done.values()))["eval"]["teacher"] if done else {}
+    teacher = [done[f"untrained/{s}"]["eval"]["teacher"] for s in seeds if f"untrained/{s}" in done]
     result = {
         "settings": vars(args) | {"workdir": str(args.workdir)},
         "setup": setup,
-        "teacher_heldout": teacher,
+        "teacher_heldout": {k: [t[k] for t in teacher] for k in teacher[0]} if teacher else {},
         "arms": arms,
         "vs_sft": paired,
         "runs": done,
@@ -252,34 +287,40 @@ def write_results(args, setup: dict, done: dict) -> None:
 
 def markdown(r: dict) -> str:
     s = r["settings"]
+    spread = lambda v: f"{statistics.fmean(v):.4f} ± {statistics.stdev(v) if len(v) > 1 else 0:.4f}"  # noqa: E731
+    teacher = r["teacher_heldout"]
     lines = [
         "# Cross-tokenizer distillation: Gemma 3 270M → SmolLM2-135M-Instruct",
         "",
-        f"`python benchmarks/cross_tokenizer.py --seeds {s['seeds']} --steps {s['steps']} --batch-size {s['batch_size']} "
-        f"--max-seq-len {s['max_seq_len']} --lr {s['lr']} --heldout {s['heldout']} "
-        f"--new-tokens {s['new_tokens']} --threads {s['threads']}{' --no-eos-kd' if s['no_eos_kd'] else ''} --name {s['name']}` (recipe `recipes/gemma3-to-smollm2.yaml`, scaled down by these flags).",
+        f"`{s['command']}` (recipe `recipes/gemma3-to-smollm2.yaml`, scaled down by these flags; data "
+        f"`{Path(s['data']).relative_to(ROOT) if s['data'] else 'the recipe'}`).",
         "",
         f"Alignment of the training data: {json.dumps(r['setup'].get('alignment'))}; {r['setup'].get('method_auto')}.",
         "",
-        "| arm | held-out loss (student tokens) | loss per char | ULD to teacher | top-1 agreement (exact tokens) "
-        "| ROUGE-L vs teacher | s/step |",
-        "|---|---|---|---|---|---|---|",
+        f"Teacher on the held-out data, nats per character: {spread(teacher['loss_per_char'])}; without the EOS "
+        f"both sides append (text loss): {spread(teacher['text_loss_per_char'])}.",
+        "",
+        "| arm | held-out loss (student tokens) | loss per char | text loss per char | ULD to teacher "
+        "| top-1 agreement (exact tokens) | ROUGE-L vs data response | s/step |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for arm, m in r["arms"].items():
-        cells = [f"{statistics.fmean(v):.4f} ± {statistics.stdev(v) if len(v) > 1 else 0:.4f}" for v in m.values()]
+        cells = [spread(m[k]) if k in m else "" for k in COLUMNS]
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Mean ± standard deviation over seeds. Differences to SFT-only, paired by seed, mean [95% t-interval]:",
+        "Mean ± standard deviation over seeds (untrained: the student before training). Differences to SFT-only, "
+        "paired by seed, mean [95% t-interval]:",
         "",
-        "| arm | Δ held-out loss | Δ loss per char | Δ ROUGE-L | step cost vs SFT |",
-        "|---|---|---|---|---|",
+        "| arm | Δ held-out loss | Δ loss per char | Δ text loss per char | Δ ROUGE-L | step cost vs SFT |",
+        "|---|---|---|---|---|---|",
     ]
+    cell = lambda x: f"{x['mean']:+.4f} [{x['low']:+.4f}, {x['high']:+.4f}]"  # noqa: E731
     for arm, d in r["vs_sft"].items():
-        cell = lambda x: f"{x['mean']:+.4f} [{x['low']:+.4f}, {x['high']:+.4f}]"  # noqa: E731
         cost = d["step_cost_vs_sft"]
         lines.append(
-            f"| {arm} | {cell(d['heldout_loss'])} | {cell(d['heldout_loss_per_char'])} | {cell(d['rouge_l_vs_teacher'])} "
+            f"| {arm} | {cell(d['heldout_loss'])} | {cell(d['heldout_loss_per_char'])} | "
+            f"{cell(d['text_loss_per_char'])} | {cell(d['rouge_l'])} "
             f"| {cost['mean']:.2f}x [{cost['low']:.2f}, {cost['high']:.2f}] |"
         )
     return "\n".join(lines) + "\n"

@@ -2,7 +2,8 @@
 cached once (its top-k and token spans) → the student trained on ULD or the hybrid, aligned at training time.
 
 Held-out figures: each model's loss per its own token and per character of the trained text (the fair comparison
-across tokenizers), the student's ULD distance to the teacher, and on exactly aligned tokens the KL over same-text
+across tokenizers; ``text_loss_per_char`` leaves out the EOS each side appends, which a base teacher never
+predicts), the student's ULD distance to the teacher, and on exactly aligned tokens the KL over same-text
 tokens and the top-1 agreement.
 """
 
@@ -101,7 +102,9 @@ def evaluate_cross(
 ) -> dict:
     """Held-out figures across tokenizers (``collate`` at T = 1), see the module docstring."""
     student.eval()
-    sums = dict.fromkeys(("student_nll", "teacher_nll", "uld", "kl", "agree"), 0.0)
+    sums = dict.fromkeys(
+        ("student_nll", "teacher_nll", "student_text_nll", "teacher_text_nll", "uld", "kl", "agree"), 0.0
+    )
     counts = dict.fromkeys(("tokens", "teacher_tokens", "chars", "groups", "exact"), 0)
     for i in range(0, len(rows), batch_size):
         chunk = rows[i : i + batch_size]
@@ -132,8 +135,13 @@ def evaluate_cross(
             .item()
         )
         sums["agree"] += table.to(device)[ids[:, 0]].eq(first_s[exact].argmax(-1)).sum().item()
-        sums["student_nll"] += token_cross_entropy(s, targets)[mask].sum().item()
-        sums["teacher_nll"] -= t["teacher_target_log_probs"].sum().item()
+        student_nll, teacher_lp = token_cross_entropy(s, targets)[mask], t["teacher_target_log_probs"]
+        sums["student_nll"] += student_nll.sum().item()
+        sums["teacher_nll"] -= teacher_lp.sum().item()
+        s_text = torch.tensor([e > b for r in chunk for b, e in trained_spans(r)], device=device)
+        t_text = torch.cat([collate.cache.offsets(r["id"]).diff(dim=-1).squeeze(-1).gt(0) for r in chunk])
+        sums["student_text_nll"] += student_nll[s_text].sum().item()
+        sums["teacher_text_nll"] -= teacher_lp[t_text.to(device)].sum().item()
         counts["tokens"] += int(mask.sum())
         counts["teacher_tokens"] += t["teacher_target_log_probs"].numel()
         counts["chars"] += sum(e - b for r in chunk for b, e in trained_spans(r))
@@ -146,18 +154,21 @@ def evaluate_cross(
             "loss": teacher_loss,
             "perplexity": math.exp(teacher_loss),
             "loss_per_char": sums["teacher_nll"] / chars,
+            "text_loss_per_char": sums["teacher_text_nll"] / chars,
         },
         "student": {
             "loss": sums["student_nll"] / n,
             "perplexity": math.exp(sums["student_nll"] / n),
             "loss_per_char": sums["student_nll"] / chars,
+            "text_loss_per_char": sums["student_text_nll"] / chars,
             "uld_to_teacher": sums["uld"] / max(counts["groups"], 1),
             "kl_to_teacher": sums["kl"] / max(counts["exact"], 1),
             "top1_agreement": sums["agree"] / max(counts["exact"], 1),
         },
         "tokens": counts["tokens"],
         "teacher_tokens": counts["teacher_tokens"],
-        "teacher_from": "cache, another tokenizer: losses per own token and per character of the trained text; "
+        "teacher_from": "cache, another tokenizer: losses per own token and per character of the trained text (text_: "
+        "without the EOS each side appends); "
         "ULD per aligned group; KL over same-text top-k tokens and top-1 agreement on exactly aligned tokens",
     }
 
