@@ -83,6 +83,8 @@ def load_recipe(args):
     recipe.data.heldout, recipe.data.max_examples = args.heldout, args.train_examples
     if args.data is not None:
         recipe.data.path = str(args.data)
+    if args.student is not None:
+        recipe.student.path = str(args.student.resolve())
     return recipe
 
 
@@ -144,6 +146,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/cross-tok"))
     parser.add_argument(
         "--no-eos-kd", action="store_true", help="distill.eos_kd: false (the EOS pair trained by CE only)"
+    )
+    parser.add_argument(
+        "--student", type=Path, help="a student folder instead of the recipe's (e.g. the SmolLM2 recipe's cut student)"
     )
     parser.add_argument("--data", type=Path, help="prompt/response JSONL instead of the recipe's data")
     parser.add_argument(
@@ -285,6 +290,11 @@ def write_results(args, setup: dict, done: dict) -> None:
     (RESULTS / f"{args.name}.md").write_text(markdown(result))
 
 
+def shown(path: str | None) -> str | None:
+    """``path`` relative to the repository where it lies inside it."""
+    return path and (str(Path(path).resolve().relative_to(ROOT)) if Path(path).resolve().is_relative_to(ROOT) else path)
+
+
 def markdown(r: dict) -> str:
     s = r["settings"]
     spread = lambda v: f"{statistics.fmean(v):.4f} ± {statistics.stdev(v) if len(v) > 1 else 0:.4f}"  # noqa: E731
@@ -292,8 +302,8 @@ def markdown(r: dict) -> str:
     lines = [
         "# Cross-tokenizer distillation: Gemma 3 270M → SmolLM2-135M-Instruct",
         "",
-        f"`{s['command']}` (recipe `recipes/gemma3-to-smollm2.yaml`, scaled down by these flags; data "
-        f"`{Path(s['data']).relative_to(ROOT) if s['data'] else 'the recipe'}`).",
+        f"`{s['command']}` (recipe `{shown(s['recipe'])}`, scaled down by these flags; data "
+        f"`{shown(s['data']) if s['data'] else 'the recipe'}`; student `{shown(s.get('student')) or 'the recipe'}`).",
         "",
         f"Alignment of the training data: {json.dumps(r['setup'].get('alignment'))}; {r['setup'].get('method_auto')}.",
         "",
