@@ -182,16 +182,15 @@ def main() -> None:
     partial = args.workdir / "arms.json"
     done: dict = json.loads(partial.read_text()) if partial.is_file() else {}
     device = pick_device("auto")
-    setup: dict = {}
+    every = load_recipe(args)  # the cache covers every example, so every seed's split reuses it
+    every.data.max_examples = None
+    started = time.perf_counter()
+    cache, info = cache_teacher_cross(Run(every, args.workdir / "teacher_cache"), prepare_cross(every), device)
+    setup: dict = {"cache_seconds": info["built_seconds"] or round(time.perf_counter() - started, 1)}
     for seed in range(args.seeds):
         recipe = load_recipe(args)
         recipe.distill.seed = seed
         p = prepare_cross(recipe)
-        every = recipe.model_copy(deep=True)  # the cache covers every example, so every seed's split reuses it
-        every.data.max_examples = None
-        started = time.perf_counter()
-        cache, info = cache_teacher_cross(Run(every, args.workdir / "teacher_cache"), prepare_cross(every), device)
-        setup.setdefault("cache_seconds", info["built_seconds"] or round(time.perf_counter() - started, 1))
         setup |= {
             "method_auto": p["why"],
             "alignment": p["alignment"],
@@ -292,7 +291,9 @@ def write_results(args, setup: dict, done: dict) -> None:
 
 def shown(path: str | None) -> str | None:
     """``path`` relative to the repository where it lies inside it."""
-    return path and (str(Path(path).resolve().relative_to(ROOT)) if Path(path).resolve().is_relative_to(ROOT) else path)
+    if path is None or not Path(path).resolve().is_relative_to(ROOT):
+        return path
+    return str(Path(path).resolve().relative_to(ROOT))
 
 
 def markdown(r: dict) -> str:

@@ -138,13 +138,14 @@ def evaluate_cross(
         student_nll, teacher_lp = token_cross_entropy(s, targets)[mask], t["teacher_target_log_probs"]
         sums["student_nll"] += student_nll.sum().item()
         sums["teacher_nll"] -= teacher_lp.sum().item()
-        s_text = torch.tensor([e > b for r in chunk for b, e in trained_spans(r)], device=device)
+        spans = [span for r in chunk for span in trained_spans(r)]
+        s_text = torch.tensor([e > b for b, e in spans], device=device)
         t_text = torch.cat([collate.cache.offsets(r["id"]).diff(dim=-1).squeeze(-1).gt(0) for r in chunk])
         sums["student_text_nll"] += student_nll[s_text].sum().item()
         sums["teacher_text_nll"] -= teacher_lp[t_text.to(device)].sum().item()
         counts["tokens"] += int(mask.sum())
         counts["teacher_tokens"] += t["teacher_target_log_probs"].numel()
-        counts["chars"] += sum(e - b for r in chunk for b, e in trained_spans(r))
+        counts["chars"] += sum(e - b for b, e in spans)
         counts["groups"] += groups
         counts["exact"] += int(exact.sum())
     n, chars = max(counts["tokens"], 1), max(counts["chars"], 1)
