@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -21,9 +21,9 @@ from minnow.core.rundir import RunDir
 
 from .cross_flow import cache_teacher_cross, cross_method, distill_cross_tokenizer, prepare_cross
 from .curriculum import causal_learnability, causal_scorers, example_text, plan_curriculum
-from .data import Example, split_examples
+from .data import Example, split_examples, stable_id
 from .evaluate import batches, evaluate_cached, evaluate_causal
-from .generate import cached_responses, generate
+from .generate import PROMPT_TOKENS, cached_responses, generate, self_written_prompts
 from .losses import IGNORE_INDEX, divergence
 from .models import load_causal_lm
 from .prune import derive_causal_student
@@ -161,12 +161,14 @@ class Prepared(NamedTuple):
     train: list[Example]
 
 
-def prepare(
-    recipe: Recipe, rewrite: Callable[[list[Example], PreTrainedTokenizerBase], list[Example]] | None = None
-) -> Prepared:
+Rewrite = Callable[[list[Example], PreTrainedTokenizerBase], list[Example]]
+
+
+def prepare(recipe: Recipe, rewrites: Sequence[Rewrite] = ()) -> Prepared:
     """Tokenizer check, then train and held-out examples tokenized with their trained-token labels.
 
-    ``rewrite`` may replace the training examples first (sequence-level KD swaps in the teacher's responses).
+    ``rewrites`` change the training examples first, in order (sequence-level KD swaps in the teacher's responses;
+    self-written prompts add examples).
     """
     cfg = recipe.distill
     from_teacher = recipe.student.from_teacher is not None
@@ -182,7 +184,7 @@ def prepare(
         Console(stderr=True).print(f"[yellow]warning:[/] {template}", highlight=False, soft_wrap=True)
 
     train, heldout, counts = split_examples(recipe)
-    if rewrite is not None:
+    for rewrite in rewrites:
         train = rewrite(train, tok)
     encode = lambda ex: tokenize(ex, tok, recipe.data.chat_template, cfg.max_seq_len)  # noqa: E731
     train_rows = [r for r in map(encode, train) if any(x != IGNORE_INDEX for x in r["labels"][1:])]
@@ -193,27 +195,64 @@ def prepare(
     return Prepared(tok, heldout, train_rows, eval_rows, counts, collate, template, train)
 
 
-def teacher_responses(run: RunDir, teacher: Callable[[], torch.nn.Module], device: torch.device):
+def _teacher_writer(run: RunDir, teacher: Callable[[], torch.nn.Module], tok, device: torch.device):
+    """Writes the teacher's answers to a chunk of prompt examples (the recipe's response length and temperature)."""
+    cfg = run.recipe.distill
+    return lambda chunk: generate(
+        teacher(),
+        tok,
+        [ex["prompt"] for ex in chunk],
+        run.recipe.data.chat_template,
+        cfg.max_new_tokens,
+        cfg.generation_temperature,
+        cfg.eval_batch_size,
+        device,
+    )
+
+
+def teacher_responses(run: RunDir, teacher: Callable[[], torch.nn.Module], device: torch.device) -> Rewrite:
     """The rewrite of sequence-level KD: each training example's response replaced by the teacher's own."""
-    recipe, cfg = run.recipe, run.recipe.distill
 
     def rewrite(train: list[Example], tok: PreTrainedTokenizerBase) -> list[Example]:
         if any("prompt" not in ex for ex in train):
             raise MinnowError(
                 "distill.mode: sequence needs prompt/response data (data.prompt_field, data.response_field)"
             )
-        write = lambda chunk: generate(  # noqa: E731
-            teacher(),
-            tok,
-            [ex["prompt"] for ex in chunk],
-            recipe.data.chat_template,
-            cfg.max_new_tokens,
-            cfg.generation_temperature,
-            cfg.eval_batch_size,
-            device,
-        )
-        responses = cached_responses(run.teacher_responses, train, write)
+        responses = cached_responses(run.teacher_responses, train, _teacher_writer(run, teacher, tok, device))
         return [ex | {"response": responses[ex["id"]]} for ex in train]
+
+    return rewrite
+
+
+def self_written(run: RunDir, teacher: Callable[[], torch.nn.Module], device: torch.device) -> Rewrite:
+    """The rewrite that adds ``data.self_written_prompts`` prompts the teacher writes itself, with its answers.
+
+    The prompts are kept in ``data/self_written_prompts.json`` and the answers by id with the other teacher
+    responses, so a resumed run reuses both.
+    """
+    recipe, cfg = run.recipe, run.recipe.distill
+
+    def rewrite(train: list[Example], tok: PreTrainedTokenizerBase) -> list[Example]:
+        if not (recipe.data.chat_template and tok.chat_template):
+            raise MinnowError(
+                "data.self_written_prompts: the teacher writes prompts from its chat template; this one has none "
+                "(or data.chat_template is false)"
+            )
+        if not run.self_written_prompts.is_file():
+            n = recipe.data.self_written_prompts
+            prompts = self_written_prompts(teacher(), tok, n, PROMPT_TOKENS, cfg.eval_batch_size, cfg.seed, device)
+            atomic.write_json(run.self_written_prompts, prompts)
+        prompts = json.loads(run.self_written_prompts.read_text())
+        if len(prompts) < recipe.data.self_written_prompts:
+            Console(stderr=True).print(
+                f"[yellow]warning:[/] the teacher finished {len(prompts)} of the {recipe.data.self_written_prompts} "
+                f"prompts asked for within {PROMPT_TOKENS} tokens; training adds those",
+                highlight=False,
+                soft_wrap=True,
+            )
+        examples = [{"prompt": p, "id": stable_id({"prompt": p})} for p in prompts]
+        responses = cached_responses(run.teacher_responses, examples, _teacher_writer(run, teacher, tok, device))
+        return train + [ex | {"response": responses[ex["id"]]} for ex in examples]
 
     return rewrite
 
@@ -222,8 +261,10 @@ def _prepared_with_teacher(run: RunDir, device: torch.device):
     """Prepared rows and a memoised teacher loader (the teacher is loaded at most once, only when needed)."""
     recipe = run.recipe
     teacher = functools.cache(lambda: load_causal_lm(recipe.teacher, device).eval())
-    rewrite = teacher_responses(run, teacher, device) if recipe.distill.mode == "sequence" else None
-    return prepare(recipe, rewrite), teacher
+    rewrites = [teacher_responses(run, teacher, device)] if recipe.distill.mode == "sequence" else []
+    if recipe.data.self_written_prompts:
+        rewrites.append(self_written(run, teacher, device))
+    return prepare(recipe, rewrites), teacher
 
 
 def cache_teacher(
@@ -262,6 +303,8 @@ def student_from_teacher(run: RunDir, teacher: Callable[[], torch.nn.Module], p:
 def distill_causal_lm(run: RunDir) -> dict:
     recipe: Recipe = run.recipe
     if cross_method(recipe)[0] != "same":
+        if recipe.data.self_written_prompts:
+            raise MinnowError("data.self_written_prompts: not available when teacher and student tokenizers differ")
         return distill_cross_tokenizer(run, prompt_text)
     cfg = recipe.distill
     device = pick_device(cfg.device)
@@ -347,7 +390,12 @@ def distill_causal_lm(run: RunDir) -> dict:
         }
     teacher_parameters = parameter_count(teacher) if teacher else cache_info["teacher_parameters"]
     return trained.report(device, teacher_parameters, student_parameters) | {
-        "examples": prepared.counts | {"train": len(train_rows), "heldout": len(eval_rows)},
+        "examples": prepared.counts
+        | {
+            "train": len(train_rows),
+            "heldout": len(eval_rows),
+            "self_written_prompts": len(prepared.train) - prepared.counts["train"],
+        },
         "loss": {
             "kd": _loss_name(cfg),
             "temperature": cfg.temperature,

@@ -1,4 +1,4 @@
-"""Teacher-written responses for sequence-level KD, and student continuations for on-policy KD.
+"""Teacher-written responses for sequence-level KD, teacher-written prompts, and student continuations for on-policy KD.
 
 Sequence-level KD (Kim & Rush 2016, "Sequence-Level Knowledge Distillation"): the teacher answers each
 training prompt (greedy, or sampled), and the student is trained on the teacher's answers instead of the
@@ -20,6 +20,7 @@ from minnow.core import atomic
 from .data import Example
 
 CHUNK = 64  # examples generated between two saves of the responses file
+PROMPT_TOKENS = 64  # longest self-written prompt; the unfinished are dropped
 
 
 def prompt_text_for_model(prompt: str, tok: PreTrainedTokenizerBase, chat_template: bool) -> tuple[str, bool]:
@@ -65,6 +66,54 @@ def generate(
     finally:
         tok.padding_side = side
     return out
+
+
+@torch.inference_mode()
+def self_written_prompts(
+    model: torch.nn.Module,
+    tok: PreTrainedTokenizerBase,
+    count: int,
+    max_new_tokens: int,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+) -> list[str]:
+    """``count`` distinct user prompts an instruct model writes from its chat template's opening alone.
+
+    Magpie (Xu et al. 2024, "Magpie: Alignment Data Synthesis from Scratch by Prompting Aligned LLMs with Nothing"):
+    given the template up to where the user's message starts, an aligned model samples a plausible user request.
+    Requests the model does not finish within ``max_new_tokens``, or of fewer than three words, are dropped.
+    """
+    sentinel = "\x00MINNOW\x00"
+    opening = tok.apply_chat_template([{"role": "user", "content": sentinel}], tokenize=False).split(sentinel)[0]
+    enc = tok([opening] * batch_size, add_special_tokens=False, return_tensors="pt").to(device)
+    stop = tok.convert_tokens_to_ids(tok.eos_token)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    model.eval()
+    prompts: dict[str, None] = {}
+    try:
+        for _ in range(4 * count // batch_size + 4):
+            ids = model.generate(
+                **enc,
+                do_sample=True,
+                temperature=1.0,
+                top_p=0.95,
+                top_k=0,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=stop,
+            )[:, enc["input_ids"].shape[1] :]
+            for row in ids.tolist():
+                if stop in row:
+                    text = tok.decode(row[: row.index(stop)], skip_special_tokens=True).strip()
+                    if len(text.split()) >= 3:
+                        prompts[text] = None
+            if len(prompts) >= count:
+                break
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return list(prompts)[:count]
 
 
 def cached_responses(

@@ -11,7 +11,8 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, TrainingArguments
 
 from minnow.distill.causal_lm import tokenize
-from minnow.distill.generate import generate
+from minnow.distill.data import stable_id
+from minnow.distill.generate import PROMPT_TOKENS, generate, self_written_prompts
 from minnow.distill.losses import IGNORE_INDEX
 from minnow.distill.trainer import LogitDistillTrainer
 
@@ -103,3 +104,28 @@ def test_student_continuations_train_only_generated_tokens(tiny_pair, tmp_path):
     trainer.on_policy_fraction = 1.0
     trainer.train()
     assert torch.isfinite(torch.tensor(trainer.state.log_history[-1]["train_loss"]))
+
+
+@pytest.mark.slow
+def test_self_written_prompts_join_the_training_data_with_the_teachers_answers(tiny_pair, tmp_path):
+    recipe = tiny_recipe(tiny_pair, tmp_path / "runs")
+    recipe["data"] |= {"max_examples": 12, "self_written_prompts": 6}
+    recipe["distill"] |= {"steps": 2, "save_steps": 100, "max_new_tokens": 16, "eval_batch_size": 4}
+    result = run_minnow("distill", str(write_recipe(tmp_path / "magpie.yaml", recipe)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    prompts = json.loads((run_dir / "data/self_written_prompts.json").read_text())
+    report = json.loads((run_dir / "report.json").read_text())["distill"]
+    assert 0 < len(prompts) <= 6 and len(set(prompts)) == len(prompts)
+    assert report["examples"]["self_written_prompts"] == len(prompts)
+    assert report["examples"]["train"] == 12 + len(prompts)
+    # each prompt is what the teacher samples after its chat template's opening, seeded: writing again repeats them
+    tok = AutoTokenizer.from_pretrained(tiny_pair["teacher"])
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_pair["teacher"])
+    cpu = torch.device("cpu")
+    assert self_written_prompts(teacher, tok, 6, PROMPT_TOKENS, 4, 0, cpu) == prompts
+    # and each is answered by the teacher's greedy response, kept with the other teacher responses
+    rows = map(json.loads, (run_dir / "data/teacher_responses.jsonl").read_text().splitlines())
+    answers = {r["id"]: r["response"] for r in rows}
+    expected = generate(teacher, tok, prompts, True, 16, 0.0, 4, cpu)
+    assert [answers[stable_id({"prompt": p})] for p in prompts] == expected

@@ -130,6 +130,12 @@ class Data(Section):
     )
     unseen_examples: int = Field(500, gt=1, description="Texts in the `unseen` evaluation (chosen by stable id).")
     max_examples: int | None = Field(None, gt=0, description="Use at most this many training examples.")
+    self_written_prompts: int = Field(
+        0,
+        ge=0,
+        description="Causal-LM: the teacher also writes this many user prompts from its chat template alone (Magpie) "
+        "and answers them; they join the training data.",
+    )
     encoding: str = Field(
         "utf-8", description="Text encoding of a .jsonl, .json, .csv or .txt file (e.g. latin-1, cp1252)."
     )
@@ -447,6 +453,8 @@ class Recipe(Section):
                 )
             if self.data.prompt_field is not None or self.data.messages_field is not None:
                 raise ValueError("data: embedding recipes take `text_field`, not prompt/response or messages fields")
+            if self.data.self_written_prompts:
+                raise ValueError("data.self_written_prompts: the teacher writes chat prompts for causal-lm recipes")
         if "mobile" in self.export.targets and (self.task != "causal-lm" or "int4" not in self.export.precisions):
             raise ValueError(
                 "export.targets: mobile is made from the int4 causal-lm export; add int4 to export.precisions"

@@ -148,6 +148,10 @@ class RunDir:
         return self.data / "teacher_responses.jsonl"
 
     @property
+    def self_written_prompts(self) -> Path:
+        return self.data / "self_written_prompts.json"
+
+    @property
     def teacher_cache(self) -> Path:
         return self.path / "teacher_cache"
 
