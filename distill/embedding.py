@@ -1,4 +1,4 @@
-"""Embedding recipe flow: teacher encoder → (layer-subset, optionally narrower) student → cached teacher embeddings → MSE/cosine KD.
+"""Embedding recipe flow: teacher encoder → student cut from it → cached teacher embeddings → MSE/cosine KD.
 
 The teacher runs once over the data; its embeddings are the regression targets, so training never holds
 the teacher in memory next to the student.
@@ -99,9 +99,8 @@ def teacher_pass(
 def _batches(tok: PreTrainedTokenizerBase, texts: list[str], batch_size: int, max_len: int, device) -> Iterator[dict]:
     """``texts`` tokenized in padded batches on ``device``."""
     for i in range(0, len(texts), batch_size):
-        yield tok(texts[i : i + batch_size], padding=True, truncation=True, max_length=max_len, return_tensors="pt").to(
-            device
-        )
+        batch = tok(texts[i : i + batch_size], padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+        yield batch.to(device)
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
