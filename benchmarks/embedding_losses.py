@@ -7,14 +7,16 @@ licence paragraphs. The loss terms are Minnow's (`minnow.distill.losses`), compu
 computes them. Prints one JSON line per config.
 
     python benchmarks/embedding_losses.py N_TRAIN N_HELD N_UNSEEN STEPS BATCH LR_TIMES_1000 CONF[,CONF...] [LAYERS] [split]
-        [--unfrozen] [--threads N] [--eval-every K]
+        [--unfrozen] [--threads N] [--eval-every K] [--mlp-fraction F]
     e.g. python benchmarks/embedding_losses.py 1500 300 300 120 32 1 mse+cosine,cosine+similarity '[0,5]'
          python benchmarks/embedding_losses.py 3000 500 500 300 32 0.3 mse+cosine '[0,2,5]' --threads 1
          python benchmarks/embedding_losses.py 3000 500 500 600 32 1 mse+cosine '[0,2,5]' --threads 1 --eval-every 150
+         python benchmarks/embedding_losses.py 3000 500 500 300 32 1 mse+cosine '[0,1,3,5]' --threads 1 --mlp-fraction 0.5
 
 With --eval-every K, also prints the agreement and the mean training loss of the last K steps every K steps
 (`"step"` lines): a learning curve under this schedule. Evaluation runs without dropout or the training RNG, so the
-final figures are those of a run without it.
+final figures are those of a run without it. With --mlp-fraction F, each kept layer keeps that share of its FFN
+units, ranked on the first 64 training paragraphs as the distill stage ranks them (`student.from_teacher.mlp_fraction`).
 """
 
 import argparse
@@ -28,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minnow.core.recipe import resolve_model_path
+from minnow.core.recipe import FromTeacher, resolve_model_path
 from minnow.distill.data import python_docstrings, sentence_splits, unseen_examples
 from minnow.distill.embedding import derive_student, teacher_pass
 from minnow.distill.encoder import TorchEncoder, load_encoder
@@ -52,6 +54,7 @@ parser.add_argument("split", choices=["split"], nargs="?", help="also train on e
 parser.add_argument("--unfrozen", action="store_true", help="train the token-embedding table too")
 parser.add_argument("--threads", type=int, default=2)
 parser.add_argument("--eval-every", type=int, default=0, help="also evaluate every K steps (0: only at the end)")
+parser.add_argument("--mlp-fraction", type=float, help="keep this share of each layer's FFN units (default: all)")
 args = parser.parse_args()
 N_TRAIN, N_HELD, N_UNSEEN, STEPS, BS = args.n_train, args.n_held, args.n_unseen, args.steps, args.batch
 configs, layers, split = args.configs, args.layers, args.split is not None
@@ -89,9 +92,14 @@ def evaluate(student: torch.nn.Module) -> dict[str, dict[str, float]]:
     return {name: {k: round(v, 3) for k, v in a.items()} for name, a in out.items()}
 
 
+spec = FromTeacher(layers=layers, mlp_fraction=args.mlp_fraction)
+ranked = [  # the texts FFN units are ranked on
+    tok(train[i : i + 32], padding=True, truncation=True, max_length=128, return_tensors="pt")
+    for i in ((0, 32) if args.mlp_fraction else ())
+]
 for conf in configs:
     torch.manual_seed(0)
-    student = derive_student(teacher, layers)
+    student = derive_student(teacher, spec, ranked)
     student.encoder.get_input_embeddings().requires_grad_(args.unfrozen)
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr_times_1000 / 1000, weight_decay=0.0)
@@ -143,6 +151,7 @@ for conf in configs:
             {
                 "conf": conf,
                 "layers": layers,
+                "mlp_fraction": args.mlp_fraction,
                 "split": split,
                 "n_train": len(train),
                 "unfrozen": args.unfrozen,

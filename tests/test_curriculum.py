@@ -171,7 +171,7 @@ def test_curriculum_recipe_errors_name_the_key(tmp_path, curriculum, task, messa
 
 
 def test_embedding_learnability_is_zero_for_the_teacher_and_positive_for_a_cut_student():
-    from minnow.core.recipe import Distill, resolve_model_path
+    from minnow.core.recipe import Distill, FromTeacher, resolve_model_path
     from minnow.distill.curriculum import embedding_learnability
     from minnow.distill.embedding import derive_student, local_model_dir
     from minnow.export.embedding import load_encoder
@@ -184,6 +184,6 @@ def test_embedding_learnability_is_zero_for_the_teacher_and_positive_for_a_cut_s
     cfg = Distill(max_seq_len=64, eval_batch_size=2)
     same = embedding_learnability(lambda: teacher, tok, texts, targets, cfg)([0, 1, 2])
     assert max(abs(x) for x in same) < 1e-4
-    student = derive_student(teacher, [0])
+    student = derive_student(teacher, FromTeacher(layers=[0]), [])
     cut = embedding_learnability(lambda: student, tok, texts, targets, cfg)([2, 0])
     assert all(0.01 < x < 2 for x in cut) and student.training

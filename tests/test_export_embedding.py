@@ -14,6 +14,8 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from minnow.core.errors import MinnowError
+from minnow.core.recipe import FromTeacher
+from minnow.distill.embedding import derive_student
 from minnow.distill.encoder import EncoderWithPooling, save_sentence_transformer
 from minnow.export.embedding import (
     ECOSYSTEM_FILES,
@@ -159,6 +161,27 @@ def test_projection_sets_output_dim_and_only_requested_folders_are_kept(student_
     got = OnnxEncoder(tmp_path / "onnx" / "int8").encode(TEXTS)
     assert got.shape == want.shape == (len(TEXTS), 256)
     assert (got * want).sum(axis=1).mean() >= 0.99
+
+
+@pytest.mark.slow
+def test_student_with_narrow_ffn_exports_fused_and_meets_parity(tmp_path: Path) -> None:
+    teacher, tok = load_encoder(MINILM_DIR)
+    batches = [dict(tok(TEXTS, padding=True, return_tensors="pt"))]
+    student = derive_student(teacher, FromTeacher(layers=[0, 2, 5], mlp_fraction=0.5), batches)
+    save_sentence_transformer(student, tok, tmp_path / "student", 128)
+
+    report = export_embedding(tmp_path / "student", tmp_path / "onnx", ["fp32", "int8"], TEXTS)
+
+    assert report["fp32"]["fused_operators"] == {
+        "EmbedLayerNormalization": 1,
+        "Attention": 3,
+        "BiasGelu": 3,
+        "SkipLayerNormalization": 6,
+    }
+    assert report["fp32"]["parity"]["mean_cosine"] >= 0.999 and report["int8"]["parity"]["mean_cosine"] >= 0.99
+    graph = onnx.load(tmp_path / "onnx" / "fp32" / "model.onnx").graph
+    shapes = {i.name: list(i.dims) for i in graph.initializer}
+    assert [shapes[n.input[1]] for n in graph.node if n.op_type == "BiasGelu"] == [[768]] * 3  # the kept FFN width
 
 
 def test_failed_parity_raises_and_writes_nothing(student_dir: Path, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from conftest import run_minnow, tiny_recipe, write_recipe
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from minnow.core.recipe import FromTeacher
-from minnow.distill.prune import block_importance, derive_causal_student, keep_layers, mlp_unit_importance, prune_mlp
+from minnow.distill.prune import block_importance, derive_causal_student, keep_layers, prune_mlp, unit_importance
 
 
 def _batch(pair):
@@ -40,7 +40,7 @@ def test_kept_layers_and_pruned_mlp_compute_what_they_should(tiny_pair, tmp_path
     keep_layers(whole, [0, 1, 2, 3])
     with torch.no_grad():
         assert torch.allclose(whole(**batch).logits, teacher(**batch).logits, atol=1e-5)
-    importance = mlp_unit_importance(teacher, [batch])
+    importance = unit_importance(teacher, [layer.mlp.down_proj for layer in teacher.model.layers], [batch])
     # dropping MLP units equals zeroing their columns of down_proj in the unpruned model
     zeroed = copy.deepcopy(teacher)
     for layer, scores in zip(zeroed.model.layers, importance):

