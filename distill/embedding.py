@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from minnow.core.rundir import RunDir
 
 from .curriculum import Scorer, embedding_learnability, plan_curriculum
 from .data import sentence_splits, split_examples, unseen_examples
-from .encoder import EncoderWithPooling, TorchEncoder, load_encoder, save_sentence_transformer
+from .encoder import EncoderWithPooling, TorchEncoder, load_encoder, save_sentence_transformer, tokenized_batches
 from .metrics import agreement
 from .models import check_mean_pooling, local_model_dir
 from .prune import keep_columns, keep_rows, top_units, unit_importance
@@ -96,13 +95,6 @@ def teacher_pass(
     return np.concatenate(embeddings)[restore], np.array(scores)[restore]
 
 
-def _batches(tok: PreTrainedTokenizerBase, texts: list[str], batch_size: int, max_len: int, device) -> Iterator[dict]:
-    """``texts`` tokenized in padded batches on ``device``."""
-    for i in range(0, len(texts), batch_size):
-        batch = tok(texts[i : i + batch_size], padding=True, truncation=True, max_length=max_len, return_tensors="pt")
-        yield batch.to(device)
-
-
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     atomic.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
@@ -137,9 +129,8 @@ def distill_embedding(run: RunDir) -> dict:
     spec = recipe.student.from_teacher
     if spec is not None:
         texts = [ex["text"] for ex in train[: spec.importance_examples]]
-        student = derive_student(
-            teacher, spec, list(_batches(tok, texts, cfg.eval_batch_size, cfg.max_seq_len, device))
-        )
+        batches = [b.to(device) for b in tokenized_batches(tok, texts, cfg.eval_batch_size, cfg.max_seq_len, "pt")]
+        student = derive_student(teacher, spec, batches)
     else:
         student, _ = load_encoder(local_model_dir(recipe.student.path, recipe.student.revision))
         if student.dim != teacher.dim:
