@@ -3,7 +3,9 @@
 Layer choice follows Men et al. 2024, "ShortGPT: Layers in Large Language Models are More Redundant Than You
 Expect" and Muralidharan et al. 2024, "Compact Language Models via Pruning and Knowledge Distillation"
 (Minitron): a block whose output hidden state points the same way as its input (importance 1 − cos(in, out),
-averaged over real tokens of training examples) changes little and is dropped first. MLP width follows
+averaged over real tokens of training examples) changes little and is dropped first. The ``block`` rule instead
+drops one contiguous run of layers, the run whose input and output hidden states are closest in angle (Gromov et
+al. 2024, "The Unreasonable Ineffectiveness of the Deeper Layers"). MLP width follows
 Minitron's activation-based importance: the mean magnitude of each hidden unit's activation (the input of the
 MLP's down projection) over those tokens; the least active units are removed from the projections into and out
 of the MLP. Decoders are Llama, Qwen2 and Mistral-style (``model.layers[i].mlp.{gate,up,down}_proj``); the
@@ -19,6 +21,8 @@ import torch
 
 from minnow.core.errors import MinnowError
 from minnow.core.recipe import FromTeacher
+
+from .losses import kl_from_log_probs
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
@@ -51,6 +55,63 @@ def block_importance(model: torch.nn.Module, batches: Iterable[dict]) -> list[fl
     handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
     count = _forward_with_hooks(model, batches, handles, batch)
     return (sums / max(count, 1)).tolist()
+
+
+@torch.inference_mode()
+def block_distances(model: torch.nn.Module, batches: Iterable[dict], n: int) -> list[float]:
+    """For each start layer l, mean over real tokens of arccos(cos(x_l, x_{l+n})) / π, the angular distance between
+    the hidden state entering layer l and the one leaving layer l + n − 1 (Gromov et al. 2024, eq. 7)."""
+    layers = decoder_layers(model)
+    sums = torch.zeros(len(layers) - n + 1, dtype=torch.float64)
+    entering: dict[int, torch.Tensor] = {}
+    batch: dict = {}
+
+    def hook(index: int):
+        def record(module, args, kwargs, output):
+            entering[index] = args[0] if args else kwargs["hidden_states"]
+            start = index + 1 - n
+            if start >= 0:
+                x_out = output[0] if isinstance(output, tuple) else output
+                cos = torch.nn.functional.cosine_similarity(entering.pop(start).float(), x_out.float(), dim=-1)
+                angle = torch.arccos(cos.clamp(-1, 1)) / torch.pi
+                sums[start] += (angle * batch["mask"]).sum().double().item()
+
+        return record
+
+    handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    count = _forward_with_hooks(model, batches, handles, batch)
+    return (sums / max(count, 1)).tolist()
+
+
+@torch.inference_mode()
+def kl_greedy_keep(model: torch.nn.Module, batches: list[dict], count: int) -> tuple[list[int], list[float]]:
+    """Drop layers one at a time, each time the one whose removal leaves the smallest KL(model‖cut) per real token
+    of ``batches``, until ``count`` remain; returns the kept layers and the KL after each drop (Song et al. 2024,
+    "SLEB: Streamlining LLMs through Redundancy Verification and Elimination of Transformer Blocks", with the full
+    model's distribution in place of the text's perplexity)."""
+    layers = list(decoder_layers(model))
+
+    def log_probs(batch: dict) -> torch.Tensor:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return torch.log_softmax(logits.float(), -1)[batch["attention_mask"].bool()]
+
+    targets = [log_probs(batch) for batch in batches]
+    tokens = sum(len(t) for t in targets)
+
+    def kl_without(drop: int, keep: list[int]) -> float:
+        model.model.layers = torch.nn.ModuleList(layers[i] for i in keep if i != drop)
+        return sum(kl_from_log_probs(t, log_probs(b)).sum().item() for b, t in zip(batches, targets)) / tokens
+
+    keep, path = list(range(len(layers))), []
+    try:
+        while len(keep) > count:
+            kl = {i: kl_without(i, keep) for i in keep}
+            dropped = min(kl, key=kl.__getitem__)
+            keep.remove(dropped)
+            path.append(kl[dropped])
+    finally:
+        model.model.layers = torch.nn.ModuleList(layers)
+    return keep, path
 
 
 @torch.inference_mode()
@@ -154,6 +215,15 @@ def derive_causal_student(
                 f"student.from_teacher.layers: {bad or spec.layers} not in 0..{n - 1} (the teacher has {n} layers)"
             )
         keep = list(spec.layers)
+    elif spec.rule == "block":
+        drop = n - max(1, round(spec.keep_fraction * n))
+        distances = block_distances(student, batches, drop) if drop else [0.0]
+        start = min(range(len(distances)), key=distances.__getitem__)
+        keep = [i for i in range(n) if not start <= i < start + drop]
+        info["block_distances"] = [round(x, 6) for x in distances]
+    elif spec.rule == "kl":
+        keep, path = kl_greedy_keep(student, batches, max(1, round(spec.keep_fraction * n)))
+        info["kl_after_each_drop"] = [round(x, 6) for x in path]
     else:
         importance = block_importance(student, batches)
         count = max(1, round(spec.keep_fraction * n))

@@ -11,7 +11,15 @@ from conftest import run_minnow, tiny_recipe, write_recipe
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from minnow.core.recipe import FromTeacher
-from minnow.distill.prune import block_importance, derive_causal_student, keep_layers, prune_mlp, unit_importance
+from minnow.distill.prune import (
+    block_distances,
+    block_importance,
+    derive_causal_student,
+    keep_layers,
+    kl_greedy_keep,
+    prune_mlp,
+    unit_importance,
+)
 
 
 def _batch(pair):
@@ -31,6 +39,54 @@ def test_block_importance_is_one_minus_cosine_of_hidden_states(tiny_pair):
         cos = torch.nn.functional.cosine_similarity(hidden[i], hidden[i + 1], dim=-1)[mask]
         assert abs(scores[i] - (1 - cos).mean().item()) < 1e-5
     assert all(0 <= s <= 2 for s in scores)
+
+
+def test_block_rule_drops_the_contiguous_run_whose_ends_are_closest_in_angle(tiny_pair):
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_pair["teacher"]).eval()
+    batch = _batch(tiny_pair)
+    distances = block_distances(teacher, [batch], 2)
+    leaving_last = []
+    hook = teacher.model.layers[-1].register_forward_hook(lambda m, args, out: leaving_last.append(out))
+    with torch.no_grad():  # hidden_states[i] enters layer i; the last entry is after the final norm, so hook instead
+        hidden = [*teacher(**batch, output_hidden_states=True).hidden_states[:-1], *leaving_last]
+    hook.remove()
+    mask = batch["attention_mask"].bool()
+    assert len(distances) == 3
+    for start, d in enumerate(distances):
+        cos = torch.nn.functional.cosine_similarity(hidden[start], hidden[start + 2], dim=-1)[mask]
+        assert abs(d - (torch.arccos(cos.clamp(-1, 1)) / torch.pi).mean().item()) < 1e-5
+    student, info = derive_causal_student(teacher, FromTeacher(keep_fraction=0.5, rule="block"), [batch])
+    start = min(range(3), key=distances.__getitem__)
+    assert info["layers"] == [i for i in range(4) if not start <= i < start + 2]
+    assert student.config.num_hidden_layers == 2
+
+
+def _kl_of_cut(teacher, keep, batch):
+    cut = copy.deepcopy(teacher)
+    keep_layers(cut, keep)
+    mask = batch["attention_mask"].bool()
+    with torch.no_grad():
+        p = torch.log_softmax(teacher(**batch).logits, -1)[mask]
+        q = torch.log_softmax(cut(**batch).logits, -1)[mask]
+    return (p.exp() * (p - q)).sum(-1).mean().item()
+
+
+def test_kl_rule_drops_one_layer_at_a_time_the_one_that_moves_the_output_least(tiny_pair):
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_pair["teacher"]).eval()
+    batch = _batch(tiny_pair)
+    keep, path = kl_greedy_keep(teacher, [batch], 2)
+    assert len(path) == 2 and len(teacher.model.layers) == 4  # the model given is left whole
+    first = {i: _kl_of_cut(teacher, [j for j in range(4) if j != i], batch) for i in range(4)}
+    assert path[0] == pytest.approx(min(first.values()), rel=1e-4)
+    assert path[1] == pytest.approx(_kl_of_cut(teacher, keep, batch), rel=1e-4)
+    dropped_first = min(first, key=first.__getitem__)
+    assert dropped_first not in keep and all(
+        path[1] <= _kl_of_cut(teacher, [j for j in range(4) if j not in (dropped_first, i)], batch) + 1e-6
+        for i in range(4)
+        if i != dropped_first
+    )
+    student, info = derive_causal_student(teacher, FromTeacher(keep_fraction=0.5, rule="kl"), [batch])
+    assert info["layers"] == keep and student.config.num_hidden_layers == 2
 
 
 def test_kept_layers_and_pruned_mlp_compute_what_they_should(tiny_pair, tmp_path):

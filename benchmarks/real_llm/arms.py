@@ -4,7 +4,8 @@ settings changed, at equal steps, from the same cut and the same cached teacher 
 The finished run given is the reference arm. Each arm is a comma-separated list of `section.key=value` overrides
 (values read as YAML: `distill.lr=5e-4`, `curriculum.order=paced`, `distill.loss=reverse_kl,distill.lr=5e-4`) and
 gets a sibling run directory: the same resolved recipe with those overrides and the SFT baseline off, starting from
-hard links of the given run's `student_init/` and `teacher_cache/` (resumed when it exists). An override that
+hard links of the given run's `student_init/` (unless the arm changes `student.*`: it cuts its own) and
+`teacher_cache/` (resumed when it exists). An override that
 changes what the cache holds makes the distill stage stop on the stale cache instead of mixing. Every arm is judged
 the same two ways: held-out KL, top-1 agreement and perplexity on the run's own held-out examples (the distill
 stage's evaluation, report.json) and on the held-back general instructions (judge.py).
@@ -51,7 +52,8 @@ def sibling(run: RunDir, arm: str) -> RunDir:
     if existing:
         return RunDir.open(existing[-1]).healed()
     sib = RunDir.create(recipe)
-    for folder in (run.student_init, run.teacher_cache):
+    recut = recipe.student != run.recipe.student
+    for folder in [run.teacher_cache] if recut else [run.student_init, run.teacher_cache]:
         shutil.copytree(folder, sib.path / folder.name, copy_function=os.link)
     return sib
 
@@ -81,12 +83,20 @@ def main() -> None:
         | {"order": run.recipe.curriculum.order},
         "arms": {},
     }
+    init_kl = {}  # per cut: the general KL that cutting opened
     for spec, arm in arms.items():
         section = arm.report().distill
+        layers = tuple(section.student_from_teacher["layers"])
+        if layers not in init_kl:
+            init_kl[layers] = judge.score(arm.student_init)[1]["kl_to_teacher"]
+        general = judge.score(arm.student)[1]
         results["arms"][spec] = {
             "run": arm.path.name,
+            "layers": list(layers),
             "heldout": section.eval["student"],
-            "general": judge.score(arm.student)[1],
+            "general": general,
+            "general_init_kl": init_kl[layers],
+            "kl_recovered": 1 - general["kl_to_teacher"] / init_kl[layers],
             "train_seconds": section.train_seconds,
         }
     results["date"] = time.strftime("%Y-%m-%d")
@@ -104,14 +114,16 @@ def markdown(r: dict) -> str:
         f"general examples (their own answers); general: {r['prompts']} held-back general instructions, teacher-forced "
         "on the teacher's greedy answers (benchmarks/real_llm/judge.py).",
         "",
-        "| arm | in-domain KL | in-domain top-1 | general KL | general top-1 | general ROUGE-L | train s |",
-        "|---|---|---|---|---|---|---|",
+        "| arm | in-domain KL | in-domain top-1 | general KL (cut → student) | KL recovered | general top-1 "
+        "| general ROUGE-L | train s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for spec, a in r["arms"].items():
         h, g = a["heldout"], a["general"]
         lines.append(
-            f"| {spec} | {h['kl_to_teacher']:.3f} | {h['top1_agreement']:.3f} | {g['kl_to_teacher']:.3f} "
-            f"| {g['top1_agreement']:.3f} | {g['rouge_l_vs_teacher']:.3f} | {a['train_seconds']:.0f} |"
+            f"| {spec} | {h['kl_to_teacher']:.3f} | {h['top1_agreement']:.3f} | {a['general_init_kl']:.3f} → "
+            f"{g['kl_to_teacher']:.3f} | {a['kl_recovered']:.1%} | {g['top1_agreement']:.3f} "
+            f"| {g['rouge_l_vs_teacher']:.3f} | {a['train_seconds']:.0f} |"
         )
     return "\n".join(lines + [""])
 

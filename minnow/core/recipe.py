@@ -46,7 +46,13 @@ class FromTeacher(Section):
         None,
         gt=0,
         le=1,
-        description="Causal-LM: keep this share of layers, the most important by 1 − cos(in, out) (ShortGPT/Minitron).",
+        description="Causal-LM: keep this share of layers, chosen by `rule`.",
+    )
+    rule: Literal["layer", "block", "kl"] = Field(
+        "layer",
+        description="With keep_fraction: drop the layers of least 1 − cos(in, out) (`layer`, ShortGPT/Minitron), the "
+        "contiguous block whose ends are closest in angle (`block`, Gromov), or greedily the layer whose removal "
+        "moves the output distribution least (`kl`, SLEB; one forward per remaining layer per drop).",
     )
     mlp_fraction: float | None = Field(
         None,
