@@ -16,7 +16,8 @@ computes them. Prints one JSON line per config.
 With --eval-every K, also prints the agreement and the mean training loss of the last K steps every K steps
 (`"step"` lines): a learning curve under this schedule. Evaluation runs without dropout or the training RNG, so the
 final figures are those of a run without it. With --mlp-fraction F, each kept layer keeps that share of its FFN
-units, ranked on the first 64 training paragraphs as the distill stage ranks them (`student.from_teacher.mlp_fraction`).
+units, ranked on the first 64 of the shuffled training paragraphs, a random sample as the distill stage draws one
+(`student.from_teacher.mlp_fraction`).
 """
 
 import argparse

@@ -26,7 +26,7 @@ from .evaluate import batches, evaluate_cached, evaluate_causal
 from .generate import PROMPT_TOKENS, cached_responses, generate, self_written_prompts
 from .losses import IGNORE_INDEX, divergence
 from .models import load_causal_lm
-from .prune import derive_causal_student
+from .prune import derive_causal_student, importance_rows
 from .teacher_cache import CachedTeacherCollator, TeacherCache, ensure_cache
 from .trainer import ScheduledLogitDistillTrainer
 from .training import merged, parameter_count, pick_device, save_pretrained, train_timed, training_arguments, with_lora
@@ -287,7 +287,7 @@ def student_from_teacher(run: RunDir, teacher: Callable[[], torch.nn.Module], p:
     spec, folder = recipe.student.from_teacher, run.student_init
     info_file = folder / "minnow_pruning.json"
     if not info_file.is_file():
-        rows = p.train_rows[: spec.importance_examples]
+        rows = importance_rows(p.train_rows, spec.importance_examples, recipe.distill.seed)
         model, info = derive_causal_student(
             teacher(), spec, list(batches(rows, p.collate, recipe.distill.eval_batch_size, device))
         )

@@ -27,7 +27,7 @@ from .data import sentence_splits, split_examples, unseen_examples
 from .encoder import EncoderWithPooling, TorchEncoder, load_encoder, save_sentence_transformer, tokenized_batches
 from .metrics import agreement
 from .models import check_mean_pooling, local_model_dir
-from .prune import keep_columns, keep_rows, top_units, unit_importance
+from .prune import importance_rows, keep_columns, keep_rows, top_units, unit_importance
 from .scorers import ScoreCache
 from .trainer import ScheduledEmbeddingDistillTrainer
 from .training import merged, parameter_count, pick_device, train_timed, training_arguments, with_lora
@@ -128,7 +128,7 @@ def distill_embedding(run: RunDir) -> dict:
     train, heldout, counts = split_examples(recipe)
     spec = recipe.student.from_teacher
     if spec is not None:
-        texts = [ex["text"] for ex in train[: spec.importance_examples]]
+        texts = [ex["text"] for ex in importance_rows(train, spec.importance_examples, recipe.distill.seed)]
         batches = [b.to(device) for b in tokenized_batches(tok, texts, cfg.eval_batch_size, cfg.max_seq_len, "pt")]
         student = derive_student(teacher, spec, batches)
     else:

@@ -15,6 +15,7 @@ embedding flow narrows BERT-style encoders with the same importance and unit rem
 from __future__ import annotations
 
 import copy
+import random
 from collections.abc import Iterable
 
 import torch
@@ -23,6 +24,14 @@ from minnow.core.errors import MinnowError
 from minnow.core.recipe import FromTeacher
 
 from .losses import kl_from_log_probs
+
+
+def importance_rows(rows: list, count: int, seed: int) -> list:
+    """A seeded sample of ``count`` training rows (all of them when fewer), in their order, so layers and units are
+    ranked on every source the data mixes rather than on the first file's rows."""
+    if len(rows) <= count:
+        return list(rows)
+    return [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), count))]
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
