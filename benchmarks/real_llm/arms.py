@@ -109,8 +109,8 @@ def markdown(r: dict) -> str:
     lines = [
         "# Recipe settings on real weights at equal steps (issue #14)",
         "",
-        f"smollm2-135m-offline, reference settings {r['reference']}; {r['steps']} steps × {r['batch_size']} examples from the same 18-of-30-layer cut and the "
-        f"same cached teacher logits (run `{r['run']}`), measured {r['date']}. In domain: the run's held-out support and "
+        f"smollm2-135m-offline, reference settings {r['reference']}; {r['steps']} steps × {r['batch_size']} examples from the same 18-of-30-layer cut (an arm "
+        f"that changes `student.*` cuts its own) and the same cached teacher logits (run `{r['run']}`), measured {r['date']}. In domain: the run's held-out support and "
         f"general examples (their own answers); general: {r['prompts']} held-back general instructions, teacher-forced "
         "on the teacher's greedy answers (benchmarks/real_llm/judge.py).",
         "",
