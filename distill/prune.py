@@ -241,7 +241,13 @@ def derive_causal_student(
     keep_layers(student, keep)
     info["layers"] = keep
     if spec.mlp_fraction is not None:
-        info["teacher_mlp_width"] = decoder_layers(student)[0].mlp.down_proj.in_features
+        mlp = decoder_layers(student)[0].mlp
+        if not (hasattr(mlp, "gate_proj") and hasattr(mlp, "up_proj")):
+            raise MinnowError(
+                f"student.from_teacher.mlp_fraction: {type(mlp).__name__} has no separate gate_proj and up_proj "
+                "(Llama/Qwen2-style MLP); cut this model by layers only"
+            )
+        info["teacher_mlp_width"] = mlp.down_proj.in_features
         down = [layer.mlp.down_proj for layer in decoder_layers(student)]
         info["mlp_width"] = prune_mlp(student, unit_importance(student, down, batches), spec.mlp_fraction)
     return student, info

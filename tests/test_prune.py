@@ -10,6 +10,7 @@ import torch
 from conftest import run_minnow, tiny_recipe, write_recipe
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from minnow.core.errors import MinnowError
 from minnow.core.recipe import FromTeacher
 from minnow.distill.prune import (
     block_distances,
@@ -147,3 +148,17 @@ def test_sft_baseline_trains_the_same_cut_on_the_same_schedule(tiny_pair, tmp_pa
     assert kd["num_hidden_layers"] == sft["num_hidden_layers"] == 2
     assert set(d["baseline"]["eval"]["student"]) == set(d["eval"]["student"])
     assert d["baseline"]["eval"]["student"]["kl_to_teacher"] != d["eval"]["student"]["kl_to_teacher"]
+
+
+def test_a_phi3_cuts_by_layers_and_refuses_an_mlp_cut_clearly():
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    config = Phi3Config(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4, pad_token_id=0
+    )
+    teacher = Phi3ForCausalLM(config).eval()
+    batch = {"input_ids": torch.randint(1, 64, (2, 8)), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
+    student, info = derive_causal_student(teacher, FromTeacher(keep_fraction=0.5), [batch])
+    assert len(info["layers"]) == 2 and student(**batch).logits.shape == (2, 8, 64)
+    with pytest.raises(MinnowError, match="mlp_fraction: Phi3MLP has no separate gate_proj"):
+        derive_causal_student(teacher, FromTeacher(keep_fraction=0.5, mlp_fraction=0.5), [batch])
