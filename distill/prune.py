@@ -99,22 +99,23 @@ def kl_greedy_keep(model: torch.nn.Module, batches: list[dict], count: int) -> t
     "SLEB: Streamlining LLMs through Redundancy Verification and Elimination of Transformer Blocks", with the full
     model's distribution in place of the text's perplexity)."""
     layers = list(decoder_layers(model))
+    everything = list(range(len(layers)))
+    tokens = sum(int(batch["attention_mask"].sum()) for batch in batches)
 
-    def log_probs(batch: dict) -> torch.Tensor:
+    def log_probs(batch: dict, keep: list[int]) -> torch.Tensor:
+        model.model.layers = torch.nn.ModuleList(layers[i] for i in keep)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         return torch.log_softmax(logits.float(), -1)[batch["attention_mask"].bool()]
 
-    targets = [log_probs(batch) for batch in batches]
-    tokens = sum(len(t) for t in targets)
-
-    def kl_without(drop: int, keep: list[int]) -> float:
-        model.model.layers = torch.nn.ModuleList(layers[i] for i in keep if i != drop)
-        return sum(kl_from_log_probs(t, log_probs(b)).sum().item() for b, t in zip(batches, targets)) / tokens
-
-    keep, path = list(range(len(layers))), []
+    keep, path = list(everything), []
     try:
         while len(keep) > count:
-            kl = {i: kl_without(i, keep) for i in keep}
+            kl = dict.fromkeys(keep, 0.0)
+            for batch in batches:  # one batch's full distribution in memory at a time, recomputed each round
+                target = log_probs(batch, everything)
+                for i in keep:
+                    cut = log_probs(batch, [j for j in keep if j != i])
+                    kl[i] += kl_from_log_probs(target, cut).sum().item() / tokens
             dropped = min(kl, key=kl.__getitem__)
             keep.remove(dropped)
             path.append(kl[dropped])
