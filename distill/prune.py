@@ -5,7 +5,8 @@ Expect" and Muralidharan et al. 2024, "Compact Language Models via Pruning and K
 (Minitron): a block whose output hidden state points the same way as its input (importance 1 − cos(in, out),
 averaged over real tokens of training examples) changes little and is dropped first. The ``block`` rule instead
 drops one contiguous run of layers, the run whose input and output hidden states are closest in angle (Gromov et
-al. 2024, "The Unreasonable Ineffectiveness of the Deeper Layers"). MLP width follows
+al. 2024, "The Unreasonable Ineffectiveness of the Deeper Layers"); the ``kl`` rule searches greedily for the
+layers whose removal moves the output distribution least (after SLEB, Song et al. 2024). MLP width follows
 Minitron's activation-based importance: the mean magnitude of each hidden unit's activation (the input of the
 MLP's down projection) over those tokens; the least active units are removed from the projections into and out
 of the MLP. Decoders are Llama, Qwen2 and Mistral-style (``model.layers[i].mlp.{gate,up,down}_proj``); the
@@ -218,6 +219,7 @@ def derive_causal_student(
     n = len(decoder_layers(teacher))
     student = copy.deepcopy(teacher)
     info: dict = {"teacher_layers": n}
+    drop = n - max(1, round(spec.keep_fraction * n)) if spec.keep_fraction is not None else 0
     if spec.layers is not None:
         bad = [i for i in spec.layers if not 0 <= i < n]
         if bad or not spec.layers:
@@ -226,18 +228,16 @@ def derive_causal_student(
             )
         keep = list(spec.layers)
     elif spec.rule == "block":
-        drop = n - max(1, round(spec.keep_fraction * n))
         distances = block_distances(student, batches, drop) if drop else [0.0]
         start = min(range(len(distances)), key=distances.__getitem__)
         keep = [i for i in range(n) if not start <= i < start + drop]
         info["block_distances"] = [round(x, 6) for x in distances]
     elif spec.rule == "kl":
-        keep, path = kl_greedy_keep(student, batches, max(1, round(spec.keep_fraction * n)))
+        keep, path = kl_greedy_keep(student, batches, n - drop)
         info["kl_after_each_drop"] = [round(x, 6) for x in path]
     else:
         importance = block_importance(student, batches)
-        count = max(1, round(spec.keep_fraction * n))
-        keep = sorted(sorted(range(n), key=lambda i: -importance[i])[:count])
+        keep = sorted(sorted(range(n), key=lambda i: -importance[i])[: n - drop])
         info["block_importance"] = [round(x, 6) for x in importance]
     keep_layers(student, keep)
     info["layers"] = keep
