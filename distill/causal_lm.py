@@ -323,10 +323,10 @@ def distill_causal_lm(run: RunDir) -> dict:
             cache, cache_info = cache_teacher(run, prepared, load_teacher)
             load_teacher.cache_clear()  # training reads the cache; the teacher's memory goes back
             teacher = None
-            if cfg.on_policy_fraction > 0:
+            if cfg.on_policy_fraction > 0 or cfg.hidden_weight > 0:
                 Console(stderr=True).print(
-                    "[yellow]warning:[/] distill.on_policy_fraction > 0: the teacher scores the student's own continuations, "
-                    "so it is loaded next to the student although its logits are cached",
+                    "[yellow]warning:[/] distill.on_policy_fraction or distill.hidden_weight > 0: the teacher runs on "
+                    "training batches, so it is loaded next to the student although its logits are cached",
                     highlight=False,
                     soft_wrap=True,
                 )
@@ -347,9 +347,10 @@ def distill_causal_lm(run: RunDir) -> dict:
         plan = plan_curriculum(recipe.curriculum, recipe.task, recipe.data, run, ids, [texts[i] for i in ids], scorers)
     before = evaluate(student)
 
-    def trained_student(model: torch.nn.Module, checkpoints: Path, ce_weight: float, on_policy_fraction: float):
-        """``model`` trained on the curriculum's schedule (the same for the KD student and the SFT baseline), with
-        checkpoints in ``checkpoints``; returns it (LoRA merged) and how its training went."""
+    def trained_student(model: torch.nn.Module, checkpoints: Path, kd: bool):
+        """``model`` trained on the curriculum's schedule (the same for the KD student and the SFT baseline: ``kd``
+        false, cross-entropy only), with checkpoints in ``checkpoints``; returns it (LoRA merged) and how its
+        training went."""
         model = with_lora(model, recipe.lora, task_type="CAUSAL_LM")
         learnable = causal_learnability(plan, lambda: trainer.model, train_rows, collate, cfg.eval_batch_size, device)
         trainer = ScheduledLogitDistillTrainer(
@@ -363,15 +364,17 @@ def distill_causal_lm(run: RunDir) -> dict:
             processing_class=tok,
             teacher=teacher,
             temperature=cfg.temperature,
-            ce_weight=ce_weight,
+            ce_weight=cfg.ce_weight if kd else 1.0,
             div=divergence(cfg.loss, cfg.jsd_beta, cfg.skew_alpha),
-            on_policy_fraction=on_policy_fraction,
+            on_policy_fraction=cfg.on_policy_fraction if kd else 0.0,
             max_new_tokens=cfg.max_new_tokens,
+            hidden_weight=cfg.hidden_weight if kd else 0.0,
+            teacher_layers=derived["layers"] if derived else None,
         )
         trained = train_timed(trainer, checkpoints)
         return merged(trainer.model, recipe.lora), trained
 
-    student, trained = trained_student(student, run.checkpoints, cfg.ce_weight, cfg.on_policy_fraction)
+    student, trained = trained_student(student, run.checkpoints, kd=True)
     if not trained.main_process:
         return {}
     save_pretrained(student, tok, run.student)
@@ -380,7 +383,7 @@ def distill_causal_lm(run: RunDir) -> dict:
     if cfg.baseline == "sft":
         del student
         torch.manual_seed(cfg.seed)
-        sft, sft_trained = trained_student(load_causal_lm(student_spec, device), run.checkpoints_sft, 1.0, 0.0)
+        sft, sft_trained = trained_student(load_causal_lm(student_spec, device), run.checkpoints_sft, kd=False)
         save_pretrained(sft, tok, run.student_sft)
         baseline = {
             "kind": "sft",
@@ -402,6 +405,7 @@ def distill_causal_lm(run: RunDir) -> dict:
             "ce_weight": cfg.ce_weight,
             "mode": cfg.mode,
             "on_policy_fraction": cfg.on_policy_fraction,
+            "hidden_weight": cfg.hidden_weight,
         },
         "teacher_responses": run.relative(run.teacher_responses) if cfg.mode == "sequence" else None,
         "teacher_cache": cache_info if cache else None,

@@ -17,6 +17,7 @@ from .losses import (
     embedding_cosine,
     embedding_mse,
     forward_kl_from_log_probs,
+    hidden_state_loss_sum,
     kd_loss_sum,
     similarity_matrix_mse,
     sparse_kd_loss_sum,
@@ -41,6 +42,11 @@ class LogitDistillTrainer(Trainer):
     With ``on_policy_fraction`` λ > 0, a seeded share λ of the optimizer steps replaces each batch's responses
     by the student's own sampled continuations of the prompts, scored by the teacher (on-policy KD, GKD:
     Agarwal et al. 2024); those steps are normalised by their own generated-token count.
+
+    With ``hidden_weight`` > 0 the student was cut from the teacher, keeping its layers ``teacher_layers``, and
+    each kept layer's output is also pulled toward the output of the teacher layer it was copied from
+    (:func:`hidden_state_loss_sum`; the teacher runs on each batch for its hidden states). The student's final,
+    normalised state is paired with the teacher's, which the language-model head reads in both.
     """
 
     loss_is_scaled_for_ga = True
@@ -54,6 +60,8 @@ class LogitDistillTrainer(Trainer):
         div: Divergence = forward_kl_from_log_probs,
         on_policy_fraction: float = 0.0,
         max_new_tokens: int = 128,
+        hidden_weight: float = 0.0,
+        teacher_layers: list[int] | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -69,6 +77,14 @@ class LogitDistillTrainer(Trainer):
         self.max_new_tokens = max_new_tokens
         if on_policy_fraction > 0 and teacher is None:
             raise ValueError("on-policy steps need the teacher model to score the student's continuations")
+        self.hidden_weight = hidden_weight
+        if hidden_weight > 0:
+            if teacher is None or not teacher_layers:
+                raise ValueError(
+                    "the hidden-state loss needs the teacher model and the teacher layer of each student layer"
+                )
+            # index 0 of ``hidden_states`` is the embeddings, l + 1 the output of layer l, the last one normalised
+            self.teacher_states = [layer + 1 for layer in teacher_layers[:-1]] + [teacher.config.num_hidden_layers]
 
     def on_policy_step(self) -> bool:
         """Whether this optimizer step trains on the student's own continuations (seeded by step: resumable)."""
@@ -122,17 +138,23 @@ class LogitDistillTrainer(Trainer):
         labels = inputs.pop("labels")
         cached = [inputs.pop(k) for k in CACHED_TEACHER if k in inputs]
         cached = [] if on_policy else cached
-        outputs = model(**inputs)
+        hidden = self.hidden_weight > 0
+        outputs = model(**inputs, output_hidden_states=hidden)
+        teacher_out = None
+        if hidden or not cached:
+            with torch.no_grad():
+                teacher_out = self.teacher(**inputs, output_hidden_states=hidden)
         if cached:
             loss_sum, _, _ = sparse_kd_loss_sum(
                 outputs.logits, labels, *cached, self.temperature, self.ce_weight, self.div
             )
         else:
-            with torch.no_grad():
-                teacher_logits = self.teacher(**inputs).logits
             loss_sum, _, _ = kd_loss_sum(
-                outputs.logits, teacher_logits, labels, self.temperature, self.ce_weight, self.div
+                outputs.logits, teacher_out.logits, labels, self.temperature, self.ce_weight, self.div
             )
+        if hidden:
+            paired = [teacher_out.hidden_states[i] for i in self.teacher_states]
+            loss_sum = loss_sum + self.hidden_weight * hidden_state_loss_sum(outputs.hidden_states[1:], paired, labels)
         loss = self.per_token(loss_sum, labels, num_items_in_batch)
         if on_policy:
             loss = loss / self.args.gradient_accumulation_steps

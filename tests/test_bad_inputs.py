@@ -250,6 +250,12 @@ CASES = [
     Case("recipe-wrong-type", 2, "distill.steps", validate(distill={"steps": "many"})),
     Case("recipe-negative-steps", 2, "distill.steps", validate(distill={"steps": -1})),
     Case("recipe-infinite-steps", 2, "distill.steps", validate(distill={"steps": float("inf")})),
+    Case(
+        "hidden-weight-without-cut",
+        2,
+        "distill.hidden_weight: the intermediate-state loss pairs the layers",
+        validate(distill={"hidden_weight": 1.0}),
+    ),
     Case("recipe-absurd-batch", 2, "the schedule alone would take", validate(distill={"batch_size": 10**12})),
     Case("recipe-absurd-steps", 2, "the schedule alone would take", validate(distill={"steps": 10**13})),
     Case("recipe-absurd-seq-len", 2, "tokens per batch", validate(distill={"max_seq_len": 10**11})),

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from minnow.core.errors import MinnowError
 from minnow.core.recipe import FromTeacher
+from minnow.distill.losses import IGNORE_INDEX, hidden_state_loss_sum
 from minnow.distill.prune import (
     block_distances,
     block_importance,
@@ -21,6 +22,7 @@ from minnow.distill.prune import (
     prune_mlp,
     unit_importance,
 )
+from minnow.distill.trainer import LogitDistillTrainer
 
 
 def _batch(pair):
@@ -138,12 +140,13 @@ def test_run_with_a_student_cut_from_the_teacher(tiny_pair, tmp_path):
 
 def test_sft_baseline_trains_the_same_cut_on_the_same_schedule(tiny_pair, tmp_path):
     recipe = tiny_recipe(tiny_pair, tmp_path / "runs", student={"from_teacher": {"keep_fraction": 0.5}})
-    recipe["distill"] |= {"steps": 4, "save_steps": 100, "teacher_cache": True, "baseline": "sft"}
+    recipe["distill"] |= {"steps": 4, "save_steps": 100, "teacher_cache": True, "baseline": "sft", "hidden_weight": 1.0}
     result = run_minnow("distill", str(write_recipe(tmp_path / "b.yaml", recipe)))
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "runs").iterdir()
     d = json.loads((run_dir / "report.json").read_text())["distill"]
     assert d["baseline"]["kind"] == "sft" and d["baseline"]["path"] == "student_sft"
+    assert d["loss"]["hidden_weight"] == 1.0
     kd, sft = (json.loads((run_dir / f / "config.json").read_text()) for f in ("student", "student_sft"))
     assert kd["num_hidden_layers"] == sft["num_hidden_layers"] == 2
     assert set(d["baseline"]["eval"]["student"]) == set(d["eval"]["student"])
@@ -162,3 +165,57 @@ def test_a_phi3_cuts_by_layers_and_refuses_an_mlp_cut_clearly():
     assert len(info["layers"]) == 2 and student(**batch).logits.shape == (2, 8, 64)
     with pytest.raises(MinnowError, match="mlp_fraction: Phi3MLP has no separate gate_proj"):
         derive_causal_student(teacher, FromTeacher(keep_fraction=0.5, mlp_fraction=0.5), [batch])
+
+
+def test_hidden_state_loss_pairs_each_kept_layer_with_the_teacher_layer_it_copies(tiny_pair, tmp_path):
+    from transformers import TrainingArguments
+
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_pair["teacher"]).eval()
+    student, info = derive_causal_student(teacher, FromTeacher(layers=[0, 2, 3]), [])
+    batch = _batch(tiny_pair)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"].eq(0), IGNORE_INDEX)
+    labels[:, :3] = IGNORE_INDEX
+
+    def layer_outputs(model) -> list[torch.Tensor]:
+        """Each decoder layer's output, caught by hooks; the last one through the final norm, as the head reads it."""
+        caught = []
+        hooks = [
+            layer.register_forward_hook(lambda m, i, out: caught.append(out[0] if isinstance(out, tuple) else out))
+            for layer in model.model.layers
+        ]
+        with torch.no_grad():
+            model(**batch)
+        for hook in hooks:
+            hook.remove()
+        return caught[:-1] + [model.model.norm(caught[-1])]
+
+    s, t = layer_outputs(student), layer_outputs(teacher)
+    mask = labels[:, 1:] != IGNORE_INDEX
+    expected = 0.0
+    for a, b in [(s[0], t[0]), (s[1], t[2]), (s[2], t[3])]:
+        a, b = a[:, :-1][mask], b[:, :-1][mask]
+        expected += (((a - b) ** 2).sum(-1) / (b**2).sum(-1)).sum() / 3
+    # the first kept layer sees the same input as in the teacher: its pair contributes nothing
+    assert torch.allclose(s[0], t[0], atol=1e-6)
+    assert expected > 0
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    losses = {}
+    for weight in (0.0, 2.5):
+        trainer = LogitDistillTrainer(
+            model=student,
+            args=args,
+            teacher=teacher,
+            temperature=1.0,
+            ce_weight=0.0,
+            hidden_weight=weight,
+            teacher_layers=info["layers"],
+        )
+        with torch.no_grad():
+            losses[weight] = float(
+                trainer.compute_loss(student, {**batch, "labels": labels.clone()}, num_items_in_batch=1)
+            )
+    assert losses[2.5] - losses[0.0] == pytest.approx(2.5 * float(expected), rel=1e-4)
+    with torch.no_grad():
+        direct = hidden_state_loss_sum([s[0], s[1], s[2]], [t[0], t[2], t[3]], labels)
+    assert float(direct) == pytest.approx(float(expected), rel=1e-5)

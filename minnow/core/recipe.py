@@ -234,6 +234,12 @@ class Distill(Section):
         le=1,
         description="Share of steps on the student's own continuations scored by the teacher (GKD's λ).",
     )
+    hidden_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Causal-LM student cut from its teacher: weight of the intermediate-state loss, each kept layer's "
+        "output against the teacher layer it copies (TinyBERT, Minitron); the teacher runs on each batch.",
+    )
     baseline: Literal["none", "sft"] = Field(
         "none",
         description="Causal-LM: `sft` also trains an SFT-only student (cross-entropy on the same data, steps and starting "
@@ -469,6 +475,11 @@ class Recipe(Section):
                 "export.targets: mobile is made from the int4 causal-lm export; add int4 to export.precisions"
             )
         spec = self.student.from_teacher
+        if self.distill.hidden_weight > 0 and (self.task != "causal-lm" or spec is None):
+            raise ValueError(
+                "distill.hidden_weight: the intermediate-state loss pairs the layers of a causal-lm student cut from "
+                "its teacher (student.from_teacher)"
+            )
         if self.task == "embedding" and spec is not None and spec.layers is None:
             raise ValueError("student.from_teacher: embedding students take `layers` (keep_fraction is causal-lm)")
         return self

@@ -61,13 +61,18 @@ def _engine(d: Distilled) -> list[str]:
             if loss.get("on_policy_fraction")
             else ""
         )
+        hidden = (
+            f", intermediate-state loss at weight {loss['hidden_weight']} (each kept layer against its teacher layer)"
+            if loss.get("hidden_weight")
+            else ""
+        )
         mode = (
             f"; sequence-level KD on the teacher's responses (`{d.teacher_responses}`)"
             if loss.get("mode") == "sequence"
             else ""
         )
         lines.append(
-            f"Loss: {loss['kd']} at temperature {loss['temperature']}, cross-entropy weight {loss['ce_weight']}{on_policy}{mode}."
+            f"Loss: {loss['kd']} at temperature {loss['temperature']}, cross-entropy weight {loss['ce_weight']}{on_policy}{hidden}{mode}."
         )
     cache = d.teacher_cache
     if cache:
@@ -75,8 +80,8 @@ def _engine(d: Distilled) -> list[str]:
         lines.append(
             f"Teacher logits from `{cache['folder']}/` (top-{cache['top_k']} + tail, {how}, provenance {cache['hash'][:12]}); "
             + (
-                "on-policy steps loaded the teacher"
-                if (d.loss or {}).get("on_policy_fraction")
+                "the teacher was loaded for training (on-policy steps or the intermediate-state loss)"
+                if (d.loss or {}).get("on_policy_fraction") or (d.loss or {}).get("hidden_weight")
                 else "the teacher was not loaded for training"
             )
             + ", and held-out KL is over the top-k tokens plus a tail bucket."
