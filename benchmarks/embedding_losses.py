@@ -39,6 +39,7 @@ from minnow.distill.losses import (
     attention_relation_kl,
     embedding_cosine,
     embedding_mse,
+    mapped_token_mse,
     similarity_matrix_mse,
     token_mse,
 )
@@ -120,17 +121,20 @@ for conf in configs:
         target = torch.from_numpy(tr_e[idx])
         ctx = last_layer_qkv(student) if "attention" in terms else contextlib.nullcontext([])
         with ctx as sq:
-            s, hid = student(b["input_ids"], b["attention_mask"], return_tokens=True)
+            s, states = student(b["input_ids"], b["attention_mask"], return_states=True)
         L = {
             "mse": lambda: embedding_mse(s, target),
             "cosine": lambda: embedding_cosine(s, target),
             "similarity": lambda: similarity_matrix_mse(s, target),
         }
-        if {"tokens", "attention"} & set(terms):
+        if {"tokens", "layers", "attention"} & set(terms):
             ctx = last_layer_qkv(teacher) if "attention" in terms else contextlib.nullcontext([])
             with torch.no_grad(), ctx as tq:
-                th = teacher.encoder(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
-            L["tokens"] = lambda: token_mse(hid, th, b["attention_mask"])
+                th = teacher.encoder(
+                    input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_hidden_states=True
+                ).hidden_states
+            L["tokens"] = lambda: token_mse(states[-1], th[-1], b["attention_mask"])
+            L["layers"] = lambda: mapped_token_mse(states[1:], [th[i + 1] for i in layers], b["attention_mask"])
             L["attention"] = lambda: attention_relation_kl(sq, tq, b["attention_mask"], 12)
         loss = sum(w * L[t]() for t, w in weights.items())
         opt.zero_grad()

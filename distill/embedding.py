@@ -216,6 +216,7 @@ def distill_embedding(run: RunDir) -> dict:
         loss=cfg.embedding_loss,
         teacher=teacher,
         relation_heads=cfg.relation_heads,
+        teacher_layers=spec.layers if spec is not None else None,
     )
     trained = train_timed(trainer, run.checkpoints)
     if not trained.main_process:

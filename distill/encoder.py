@@ -41,12 +41,13 @@ class EncoderWithPooling(torch.nn.Module):
         return F.normalize(pooled, p=2, dim=-1)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_tokens: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Sentence embeddings; with ``return_tokens``, also the last layer's token vectors."""
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        pooled = self.pool(hidden, attention_mask)
-        return (pooled, hidden) if return_tokens else pooled
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_states: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Sentence embeddings; with ``return_states``, also the token vectors [batch, seq, hidden] entering the first
+        layer and leaving each layer (the last are the pooled ones)."""
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=return_states)
+        pooled = self.pool(out.last_hidden_state, attention_mask)
+        return (pooled, out.hidden_states) if return_states else pooled
 
 
 def _load_projection(model_dir: Path, in_features: int) -> torch.nn.Linear | None:

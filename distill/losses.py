@@ -273,6 +273,15 @@ def token_mse(student: torch.Tensor, teacher: torch.Tensor, attention_mask: torc
     return squared.sum() / (mask.sum() * student.size(-1))
 
 
+def mapped_token_mse(
+    student_states: list[torch.Tensor], teacher_states: list[torch.Tensor], attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """:func:`token_mse` averaged over layer pairs: each student layer's token vectors against those of the teacher
+    layer it is mapped to (TinyBERT's hidden-state loss over its layer mapping, Jiao et al. 2020, eqs. 8 and 11)."""
+    pairs = list(zip(student_states, teacher_states, strict=True))
+    return sum(token_mse(s, t, attention_mask) for s, t in pairs) / len(pairs)
+
+
 def self_relation(x: torch.Tensor, attention_mask: torch.Tensor, heads: int) -> torch.Tensor:
     """Log-softmax of scaled dot products of ``x`` [batch, seq, hidden] with itself, per relation head:
     [batch, heads, seq, seq], padding keys masked out (MiniLMv2's self-attention relation, eq. 2)."""

@@ -19,6 +19,7 @@ from .losses import (
     forward_kl_from_log_probs,
     hidden_state_loss_sum,
     kd_loss_sum,
+    mapped_token_mse,
     similarity_matrix_mse,
     sparse_kd_loss_sum,
     token_mse,
@@ -170,7 +171,7 @@ class LogitDistillTrainer(Trainer):
         return loss
 
 
-TEACHER_RUN_TERMS = ("tokens", "attention")  # need the teacher's token vectors or attention inputs on each batch
+TEACHER_RUN_TERMS = ("tokens", "layers", "attention")  # need the teacher's token vectors or attention inputs
 
 
 @contextlib.contextmanager
@@ -195,13 +196,25 @@ class EmbeddingDistillTrainer(Trainer):
     Terms on sentence embeddings use the cached teacher embeddings that travel in the batch as
     ``teacher_embedding``: ``mse``, ``cosine``, ``similarity`` (in-batch similarity matrices). Terms on token
     vectors run the teacher on the batch (it must share the student's tokenizer): ``tokens`` (last-layer hidden
-    states, TinyBERT) and ``attention`` (last-layer query/key/value self-relations, MiniLMv2).
+    states, TinyBERT), ``layers`` (every student layer's hidden states against the teacher layer ``teacher_layers``
+    maps it to, TinyBERT) and ``attention`` (last-layer query/key/value self-relations, MiniLMv2).
     """
 
-    def __init__(self, *args, loss: str, teacher: EncoderWithPooling | None = None, relation_heads: int = 12, **kwargs):
+    def __init__(
+        self,
+        *args,
+        loss: str,
+        teacher: EncoderWithPooling | None = None,
+        relation_heads: int = 12,
+        teacher_layers: list[int] | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.loss_terms = loss.split("+")
         self.relation_heads = relation_heads
+        if "layers" in self.loss_terms and not teacher_layers:
+            raise ValueError("the `layers` term needs the teacher layer each student layer was copied from")
+        self.teacher_layers = teacher_layers or []
         self.teacher = None
         if set(self.loss_terms) & set(TEACHER_RUN_TERMS):
             if teacher is None:
@@ -213,7 +226,7 @@ class EmbeddingDistillTrainer(Trainer):
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         relations = "attention" in self.loss_terms
         with last_layer_qkv(model) if relations else contextlib.nullcontext([]) as student_qkv:
-            student, tokens = model(ids, mask, return_tokens=True)
+            student, states = model(ids, mask, return_states=True)
         losses = {
             "mse": lambda: embedding_mse(student, target),
             "cosine": lambda: embedding_cosine(student, target),
@@ -224,8 +237,12 @@ class EmbeddingDistillTrainer(Trainer):
                 torch.no_grad(),
                 last_layer_qkv(self.teacher) if relations else contextlib.nullcontext([]) as teacher_qkv,
             ):
-                teacher_tokens = self.teacher.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-            losses["tokens"] = lambda: token_mse(tokens, teacher_tokens, mask)
+                teacher_states = self.teacher.encoder(
+                    input_ids=ids, attention_mask=mask, output_hidden_states=True
+                ).hidden_states
+            losses["tokens"] = lambda: token_mse(states[-1], teacher_states[-1], mask)
+            paired = [teacher_states[layer + 1] for layer in self.teacher_layers]
+            losses["layers"] = lambda: mapped_token_mse(states[1:], paired, mask)
             losses["attention"] = lambda: attention_relation_kl(student_qkv, teacher_qkv, mask, self.relation_heads)
         loss = sum(losses[name]() for name in self.loss_terms)
         return (loss, student) if return_outputs else loss

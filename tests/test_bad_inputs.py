@@ -280,6 +280,12 @@ CASES = [
         "the teacher has 4 layers",
         validate(student={"path": None, "from_teacher": {"layers": [0, 9]}}),
     ),
+    Case(
+        "layers-term-without-cut",
+        2,
+        "distill.embedding_loss: `layers` pairs each layer of an embedding student cut",
+        validate(distill={"embedding_loss": "mse+layers"}),
+    ),
     Case("embedding-layers-repeated", 2, "lists layer 5 more than once", embedding(layers=[0, 5, 5])),
     Case("embedding-layers-beyond-teacher", 2, "the teacher has 6 layers", embedding(layers=[0, 6])),
     Case("data-unknown-encoding", 2, "unknown text encoding", validate(data={"encoding": "klingon"})),

@@ -11,6 +11,7 @@ from minnow.distill.losses import (
     embedding_mse,
     forward_kl,
     kd_loss_sum,
+    mapped_token_mse,
     similarity_matrix_mse,
     token_mse,
 )
@@ -72,6 +73,17 @@ def test_kd_loss_counts_only_response_tokens():
     s2[0, 0] += 5.0
     s2[0, 4:] += 5.0
     assert torch.allclose(kd_loss_sum(s2, t, labels, 2.0, 0.25)[0], total)
+
+
+def test_mapped_token_mse_averages_the_layer_pairs_over_real_tokens():
+    mask = torch.tensor([[1, 1, 0]])
+    teacher = [torch.zeros(1, 3, 2), torch.ones(1, 3, 2)]
+    student = [torch.zeros(1, 3, 2), torch.ones(1, 3, 2)]
+    assert mapped_token_mse(student, teacher, mask).item() == 0.0
+    student[1] = torch.tensor([[[1.0, 3.0], [1.0, 1.0], [9.0, 9.0]]])  # one real token off by 2 in one of 4 values
+    assert math.isclose(mapped_token_mse(student, teacher, mask).item(), (0 + 4 / 4) / 2)
+    with pytest.raises(ValueError):
+        mapped_token_mse(student, teacher[:1], mask)
 
 
 def test_embedding_losses():

@@ -30,7 +30,7 @@ def embedding_run(tmp_path_factory):
             "batch_size": 16,
             "max_seq_len": 64,
             "save_steps": 100,
-            "embedding_loss": "cosine+similarity+tokens+attention",
+            "embedding_loss": "cosine+similarity+tokens+layers+attention",
         },
         "runs_dir": str(root / "runs"),
     }

@@ -185,10 +185,11 @@ class Distill(Section):
     ce_weight: float = Field(0.5, ge=0, le=1, description="Weight of cross-entropy on the data; KD gets 1 - ce_weight.")
     embedding_loss: str = Field(
         "mse+cosine",
-        pattern=r"^(mse|cosine|similarity|tokens|attention)(\+(mse|cosine|similarity|tokens|attention))*$",
+        pattern=r"^(mse|cosine|similarity|tokens|layers|attention)(\+(mse|cosine|similarity|tokens|layers|attention))*$",
         description="Embedding task: `+`-joined loss terms: `mse`, `cosine` (sentence embeddings), `similarity` (in-batch "
-        "similarity matrices, Tung & Mori 2019), `tokens` (last-layer token vectors, TinyBERT), `attention` (last-layer "
-        "Q/K/V self-relations, MiniLMv2); `tokens` and `attention` run the teacher on each batch.",
+        "similarity matrices, Tung & Mori 2019), `tokens` (last-layer token vectors, TinyBERT), `layers` (each kept "
+        "layer's token vectors against the teacher layer it copies, TinyBERT), `attention` (last-layer Q/K/V "
+        "self-relations, MiniLMv2); `tokens`, `layers` and `attention` run the teacher on each batch.",
     )
     relation_heads: int = Field(
         12,
@@ -482,6 +483,11 @@ class Recipe(Section):
             )
         if self.task == "embedding" and spec is not None and spec.layers is None:
             raise ValueError("student.from_teacher: embedding students take `layers` (keep_fraction is causal-lm)")
+        if "layers" in self.distill.embedding_loss.split("+") and (self.task != "embedding" or spec is None):
+            raise ValueError(
+                "distill.embedding_loss: `layers` pairs each layer of an embedding student cut from its teacher "
+                "(student.from_teacher) with the teacher layer it copies"
+            )
         return self
 
     @model_validator(mode="after")
