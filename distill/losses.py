@@ -172,21 +172,19 @@ def kd_loss_sum(
 
 
 def hidden_state_loss_sum(
-    student_states: list[torch.Tensor], teacher_states: list[torch.Tensor], labels: torch.Tensor
+    student_states: list[torch.Tensor], teacher_states: list[torch.Tensor], mask: torch.Tensor
 ) -> torch.Tensor:
-    """Sum over trained positions of the mean, over paired layers, of ‖h_s − h_t‖² / ‖h_t‖².
+    """Sum over the positions ``mask`` [batch, seq] selects of the mean, over paired layers, of ‖h_s − h_t‖² / ‖h_t‖².
 
     Intermediate-state distillation: TinyBERT (Jiao et al. 2020) matches each student layer's hidden states to those
     of a mapped teacher layer; Minitron (Muralidharan et al. 2024, "Compact Language Models via Pruning and Knowledge
     Distillation") adds such a term to logit KD when healing depth-pruned LLMs. The error is relative to the teacher
     state's norm, so the residual stream's growth with depth does not let the last layers dominate. The states are
-    lists of [batch, seq, hidden] paired by index; the positions are those whose next token is trained, as in
-    :func:`kd_loss_sum`.
+    lists of [batch, seq, hidden] paired by index.
     """
-    mask = labels[:, 1:] != IGNORE_INDEX
+    mask = mask.bool()
     errors = [
-        ((s[:, :-1][mask].float() - t[:, :-1][mask].float()) ** 2).sum(-1)
-        / (t[:, :-1][mask].float() ** 2).sum(-1).clamp(min=1e-12)
+        ((s[mask].float() - t[mask].float()) ** 2).sum(-1) / (t[mask].float() ** 2).sum(-1).clamp(min=1e-12)
         for s, t in zip(student_states, teacher_states, strict=True)
     ]
     return torch.stack(errors).mean(0).sum()

@@ -47,7 +47,9 @@ class LogitDistillTrainer(Trainer):
     With ``hidden_weight`` > 0 the student was cut from the teacher, keeping its layers ``teacher_layers``, and
     each kept layer's output is also pulled toward the output of the teacher layer it was copied from
     (:func:`hidden_state_loss_sum`; the teacher runs on each batch for its hidden states). The student's final,
-    normalised state is paired with the teacher's, which the language-model head reads in both.
+    normalised state is paired with the teacher's, which the language-model head reads in both. That term covers
+    every real token, prompt included (how the student reads the prompt is what it answers from), and is divided
+    like the rest by the trained tokens of the step.
     """
 
     loss_is_scaled_for_ga = True
@@ -155,7 +157,8 @@ class LogitDistillTrainer(Trainer):
             )
         if hidden:
             paired = [teacher_out.hidden_states[i] for i in self.teacher_states]
-            loss_sum = loss_sum + self.hidden_weight * hidden_state_loss_sum(outputs.hidden_states[1:], paired, labels)
+            states = hidden_state_loss_sum(outputs.hidden_states[1:], paired, inputs["attention_mask"])
+            loss_sum = loss_sum + self.hidden_weight * states
         loss = self.per_token(loss_sum, labels, num_items_in_batch)
         if on_policy:
             loss = loss / self.args.gradient_accumulation_steps

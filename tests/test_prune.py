@@ -190,10 +190,10 @@ def test_hidden_state_loss_pairs_each_kept_layer_with_the_teacher_layer_it_copie
         return caught[:-1] + [model.model.norm(caught[-1])]
 
     s, t = layer_outputs(student), layer_outputs(teacher)
-    mask = labels[:, 1:] != IGNORE_INDEX
+    mask = batch["attention_mask"].bool()  # every real token, prompt included
     expected = 0.0
     for a, b in [(s[0], t[0]), (s[1], t[2]), (s[2], t[3])]:
-        a, b = a[:, :-1][mask], b[:, :-1][mask]
+        a, b = a[mask], b[mask]
         expected += (((a - b) ** 2).sum(-1) / (b**2).sum(-1)).sum() / 3
     # the first kept layer sees the same input as in the teacher: its pair contributes nothing
     assert torch.allclose(s[0], t[0], atol=1e-6)
@@ -217,5 +217,5 @@ def test_hidden_state_loss_pairs_each_kept_layer_with_the_teacher_layer_it_copie
             )
     assert losses[2.5] - losses[0.0] == pytest.approx(2.5 * float(expected), rel=1e-4)
     with torch.no_grad():
-        direct = hidden_state_loss_sum([s[0], s[1], s[2]], [t[0], t[2], t[3]], labels)
+        direct = hidden_state_loss_sum([s[0], s[1], s[2]], [t[0], t[2], t[3]], batch["attention_mask"])
     assert float(direct) == pytest.approx(float(expected), rel=1e-5)
