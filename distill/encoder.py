@@ -8,15 +8,17 @@ identity activation for the projection, Normalize), so ``SentenceTransformer(fol
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import transformers
+from safetensors.torch import save_file
 from transformers import AutoModel, AutoTokenizer, BatchEncoding, PreTrainedModel, PreTrainedTokenizerFast
 
+from minnow.core import atomic
 from minnow.core.errors import MinnowError
 
 
@@ -79,32 +81,48 @@ def load_encoder(model_dir: Path) -> tuple[EncoderWithPooling, PreTrainedTokeniz
     return EncoderWithPooling(encoder, projection).eval(), tokenizer
 
 
+ST_MODULE = "sentence_transformers.models.{}"  # the module names every sentence-transformers release loads (2.x–6.x)
+IDENTITY = "torch.nn.modules.linear.Identity"  # the Dense activation, as sentence-transformers names it
+
+
 def save_sentence_transformer(
     model: EncoderWithPooling, tokenizer: PreTrainedTokenizerFast, folder: Path, max_seq_len: int
 ) -> None:
-    """Write ``model`` into ``folder`` as a sentence-transformers model: Transformer, Pooling (mean), Dense (the
-    projection, identity activation) when there is one, Normalize; written by the library's own ``save``."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
+    """Write ``model`` into ``folder`` as a sentence-transformers model: the Hugging Face encoder and its tokenizer at
+    the top (Transformer), Pooling (mean), Dense (the projection, identity activation) when there is one, Normalize.
 
-    with tempfile.TemporaryDirectory() as hf:
-        model.encoder.save_pretrained(hf, safe_serialization=True)
-        tokenizer.save_pretrained(hf)
-        modules: list[torch.nn.Module] = [Transformer(hf, max_seq_length=max_seq_len)]
-        modules.append(Pooling(model.encoder.config.hidden_size, pooling_mode="mean"))
-        if model.projection is not None:
-            p = model.projection
-            modules.append(
-                Dense(
-                    p.in_features,
-                    p.out_features,
-                    activation_function=None,
-                    init_weight=p.weight.detach().cpu(),
-                    init_bias=p.bias.detach().cpu(),
-                )
-            )
-        modules.append(Normalize())
-        SentenceTransformer(modules=modules, device="cpu").save(str(folder), create_model_card=False)
+    The layout and configs are the classic ones the hub's models use (all-MiniLM-L6-v2's own folder among them),
+    which every sentence-transformers release reads: 6.x's own ``save`` writes module paths and configs that 5.x
+    cannot load, and 5.x is what Optimum's ONNX backend runs with (it needs transformers < 4.58).
+    """
+    model.encoder.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    atomic.write_json(folder / "sentence_bert_config.json", {"max_seq_length": max_seq_len, "do_lower_case": False})
+    modes = ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens", "lasttoken")
+    pooling = {"word_embedding_dimension": model.encoder.config.hidden_size}
+    pooling |= {f"pooling_mode_{mode}": mode == "mean_tokens" for mode in modes} | {"include_prompt": True}
+    modules = [("", "Transformer"), ("1_Pooling", "Pooling")]
+    atomic.write_json(folder / "1_Pooling" / "config.json", pooling)
+    if model.projection is not None:
+        p = model.projection
+        modules.append(("2_Dense", "Dense"))
+        dense = {"in_features": p.in_features, "out_features": p.out_features, "bias": p.bias is not None}
+        atomic.write_json(folder / "2_Dense" / "config.json", dense | {"activation_function": IDENTITY})
+        weights = {f"linear.{name}": t.detach().cpu().contiguous() for name, t in p.named_parameters()}
+        save_file(weights, str(folder / "2_Dense" / "model.safetensors"))
+    modules.append((f"{len(modules)}_Normalize", "Normalize"))
+    atomic.write_json(
+        folder / "modules.json",
+        [
+            {"idx": i, "name": str(i), "path": path, "type": ST_MODULE.format(kind)}
+            for i, (path, kind) in enumerate(modules)
+        ],
+    )
+    versions = {"transformers": transformers.__version__, "pytorch": torch.__version__}  # what wrote the weights
+    atomic.write_json(
+        folder / "config_sentence_transformers.json",
+        {"__version__": versions, "prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine"},
+    )
 
 
 def tokenized_batches(

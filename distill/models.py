@@ -45,6 +45,15 @@ def local_model_dir(ref: str, revision: str | None) -> Path:
 
 
 def check_mean_pooling(model_dir: Path) -> None:
+    """Stop unless the sentence-transformers folder pools by the mean alone (classic config, or 6.x's ``pooling_mode``)."""
     pooling = model_dir / "1_Pooling" / "config.json"
-    if pooling.is_file() and not json.loads(pooling.read_text()).get("pooling_mode_mean_tokens", True):
+    if not pooling.is_file():
+        return
+    config = json.loads(pooling.read_text())
+    mean = (
+        config["pooling_mode_mean_tokens"]
+        if "pooling_mode_mean_tokens" in config
+        else config.get("pooling_mode", "mean")
+    )
+    if mean not in (True, "mean", ["mean"]):
         raise MinnowError(f"{pooling}: only mean-pooling sentence encoders are supported (like all-MiniLM-L6-v2)")

