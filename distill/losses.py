@@ -183,10 +183,10 @@ def hidden_state_loss_sum(
     lists of [batch, seq, hidden] paired by index.
     """
     mask = mask.bool()
-    errors = [
-        ((s[mask].float() - t[mask].float()) ** 2).sum(-1) / (t[mask].float() ** 2).sum(-1).clamp(min=1e-12)
-        for s, t in zip(student_states, teacher_states, strict=True)
-    ]
+    errors = []
+    for student, teacher in zip(student_states, teacher_states, strict=True):
+        s, t = student[mask].float(), teacher[mask].float()
+        errors.append(((s - t) ** 2).sum(-1) / (t**2).sum(-1).clamp(min=1e-12))
     return torch.stack(errors).mean(0).sum()
 
 
