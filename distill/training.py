@@ -24,6 +24,16 @@ def pick_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
+def bf16_training(choice: str, device: torch.device) -> bool:
+    """Whether training runs its matmuls in bfloat16: asked for, or `auto` on a chip with bf16 units (on a CPU without
+    them bf16 is emulated, slower than fp32)."""
+    if choice != "auto":
+        return choice == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def training_arguments(recipe: Recipe, output_dir: Path, device: torch.device, **overrides) -> TrainingArguments:
     cfg = recipe.distill
     args = dict(
@@ -42,7 +52,7 @@ def training_arguments(recipe: Recipe, output_dir: Path, device: torch.device, *
         data_seed=cfg.seed,
         train_sampling_strategy="sequential",
         use_cpu=device.type == "cpu",
-        bf16=device.type == "cuda" and torch.cuda.is_bf16_supported(),
+        bf16=bf16_training(cfg.mixed_precision, device),
         report_to="none",
         dataloader_num_workers=0,
     )
@@ -110,11 +120,13 @@ class Trained:
     steps: int
     loss_log: list[dict[str, float]]
     main_process: bool
+    bf16: bool
 
     def report(self, device: torch.device, teacher: int, student: int) -> dict:
         """The fields report.json#distill has for every task."""
         return {
             "device": str(device),
+            "mixed_precision": "bf16" if self.bf16 else "fp32",
             "train_seconds": round(self.seconds, 2),
             "steps": self.steps,
             "loss_log": self.loss_log,
@@ -127,4 +139,5 @@ def train_timed(trainer: Trainer, checkpoints: Path) -> Trained:
     started = time.perf_counter()
     train_resuming(trainer, checkpoints)
     log = [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e and "step" in e]
-    return Trained(time.perf_counter() - started, trainer.state.global_step, log, trainer.is_world_process_zero())
+    seconds = time.perf_counter() - started
+    return Trained(seconds, trainer.state.global_step, log, trainer.is_world_process_zero(), trainer.args.bf16)

@@ -28,7 +28,9 @@ def _rows(tok) -> list[dict]:
     return rows
 
 
-def _one_sgd_step(pair, tmp_path, batch_size: int, grad_accum: int, loss: str) -> dict[str, torch.Tensor]:
+def _one_sgd_step(
+    pair, tmp_path, batch_size: int, grad_accum: int, loss: str, bf16: bool = False, seen: set | None = None
+) -> dict[str, torch.Tensor]:
     tok = AutoTokenizer.from_pretrained(pair["student"])
     student = AutoModelForCausalLM.from_pretrained(pair["student"])
     teacher = AutoModelForCausalLM.from_pretrained(pair["teacher"])
@@ -45,6 +47,7 @@ def _one_sgd_step(pair, tmp_path, batch_size: int, grad_accum: int, loss: str) -
         weight_decay=0.0,
         train_sampling_strategy="sequential",
         use_cpu=True,
+        bf16=bf16,
         report_to="none",
         save_strategy="no",
         logging_strategy="no",
@@ -59,6 +62,10 @@ def _one_sgd_step(pair, tmp_path, batch_size: int, grad_accum: int, loss: str) -
         ce_weight=0.3,
         div=divergence(loss),
     )
+    if seen is not None:  # the dtypes the student's linear layers compute in
+        for module in student.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.register_forward_hook(lambda m, i, out: seen.add(out.dtype))
     trainer.train()
     return {n: before[n] - p.detach() for n, p in trainer.model.named_parameters()}
 
@@ -80,3 +87,16 @@ def test_grad_accumulation_and_padding_give_the_same_step(tiny_pair, tmp_path, l
     for name, param in student.named_parameters():
         assert torch.allclose(whole[name], param.grad, atol=1e-6, rtol=1e-4), name
         assert torch.allclose(accumulated[name], param.grad, atol=1e-6, rtol=1e-4), name
+
+
+def test_bf16_mixed_precision_computes_in_bf16_and_takes_the_fp32_step(tiny_pair, tmp_path):
+    """`distill.mixed_precision: bf16`: the student's matmuls run in bfloat16 (autocast) while its weights, update and
+    losses stay fp32, so the step is the fp32 step up to bf16 rounding."""
+    seen_fp32, seen_bf16 = set(), set()
+    fp32 = _one_sgd_step(tiny_pair, tmp_path / "fp32", 4, 1, "forward_kl", seen=seen_fp32)
+    bf16 = _one_sgd_step(tiny_pair, tmp_path / "bf16", 4, 1, "forward_kl", bf16=True, seen=seen_bf16)
+    assert seen_fp32 == {torch.float32} and seen_bf16 == {torch.bfloat16}
+    a, b = torch.cat([v.flatten() for v in fp32.values()]), torch.cat([v.flatten() for v in bf16.values()])
+    assert not torch.equal(a, b)
+    assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.99
+    assert all(v.dtype == torch.float32 for v in bf16.values())

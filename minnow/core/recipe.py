@@ -216,6 +216,11 @@ class Distill(Section):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where to train; `auto` picks CUDA when present."
     )
+    mixed_precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto",
+        description="Training matmuls in bfloat16 (autocast; weights, optimizer and losses stay fp32); `auto`: bf16 where "
+        "the chip has bf16 units (CUDA, CPUs with AVX512-BF16 or AMX).",
+    )
     teacher_cache: bool = Field(
         False, description="Causal-LM: run the teacher once, cache its top-k logits in the run dir, train without it."
     )

@@ -108,6 +108,7 @@ class Distilled(Section):
     """``report.json#distill``: what training did and the held-out quality before and after."""
 
     device: str
+    mixed_precision: Literal["bf16", "fp32"] = Field("fp32", description="What training ran its matmuls in.")
     steps: int
     train_seconds: float
     examples: dict[str, Any] | int

@@ -195,7 +195,7 @@ def markdown(report: Report) -> str:
         lines += [
             "## Distillation",
             "",
-            f"{d.steps} steps in {d.train_seconds} s on {d.device}; "
+            f"{d.steps} steps in {d.train_seconds} s on {d.device} ({d.mixed_precision} matmuls); "
             f"teacher {p['teacher'] / 1e6:.2f} M parameters, student {p['student'] / 1e6:.2f} M "
             f"({p['student'] / p['teacher']:.1%}). Examples: {d.examples}.",
             "",

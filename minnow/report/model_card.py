@@ -68,7 +68,7 @@ def model_card(report: Report, recipe: dict, folder: str) -> str:
         f"- **Student**: {student}; {d.parameters['student'] / 1e6:.1f} M parameters "
         f"(teacher {d.parameters['teacher'] / 1e6:.1f} M)",
         f"- **Data**: {source}; examples {d.examples}",
-        f"- **Training**: {d.steps} steps in {d.train_seconds} s on {d.device}",
+        f"- **Training**: {d.steps} steps in {d.train_seconds} s on {d.device} ({d.mixed_precision} matmuls)",
         "",
         "## Quality and speed",
         "",
