@@ -7,7 +7,7 @@ licence paragraphs. The loss terms are Minnow's (`minnow.distill.losses`), compu
 computes them. Prints one JSON line per config.
 
     python benchmarks/embedding_losses.py N_TRAIN N_HELD N_UNSEEN STEPS BATCH LR_TIMES_1000 CONF[,CONF...] [LAYERS] [split]
-        [--unfrozen] [--threads N] [--eval-every K] [--mlp-fraction F]
+        [--unfrozen] [--threads N] [--eval-every K] [--mlp-fraction F] [--bf16]
     e.g. python benchmarks/embedding_losses.py 1500 300 300 120 32 1 mse+cosine,cosine+similarity '[0,5]'
          python benchmarks/embedding_losses.py 3000 500 500 300 32 0.3 mse+cosine '[0,2,5]' --threads 1
          python benchmarks/embedding_losses.py 3000 500 500 600 32 1 mse+cosine '[0,2,5]' --threads 1 --eval-every 150
@@ -57,6 +57,9 @@ parser.add_argument("--unfrozen", action="store_true", help="train the token-emb
 parser.add_argument("--threads", type=int, default=2)
 parser.add_argument("--eval-every", type=int, default=0, help="also evaluate every K steps (0: only at the end)")
 parser.add_argument("--mlp-fraction", type=float, help="keep this share of each layer's FFN units (default: all)")
+parser.add_argument(
+    "--bf16", action="store_true", help="training forward under bfloat16 autocast (distill.mixed_precision)"
+)
 args = parser.parse_args()
 N_TRAIN, N_HELD, N_UNSEEN, STEPS, BS = args.n_train, args.n_held, args.n_unseen, args.steps, args.batch
 configs, layers, split = args.configs, args.layers, args.split is not None
@@ -120,7 +123,7 @@ for conf in configs:
         b = tok([train[i] for i in idx], padding=True, truncation=True, max_length=128, return_tensors="pt")
         target = torch.from_numpy(tr_e[idx])
         ctx = last_layer_qkv(student) if "attention" in terms else contextlib.nullcontext([])
-        with ctx as sq:
+        with ctx as sq, torch.autocast("cpu", torch.bfloat16, enabled=args.bf16):
             s, states = student(b["input_ids"], b["attention_mask"], return_states=True)
         L = {
             "mse": lambda: embedding_mse(s, target),
@@ -129,7 +132,7 @@ for conf in configs:
         }
         if {"tokens", "layers", "attention"} & set(terms):
             ctx = last_layer_qkv(teacher) if "attention" in terms else contextlib.nullcontext([])
-            with torch.no_grad(), ctx as tq:
+            with torch.no_grad(), ctx as tq, torch.autocast("cpu", torch.bfloat16, enabled=args.bf16):
                 th = teacher.encoder(
                     input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_hidden_states=True
                 ).hidden_states
@@ -160,6 +163,7 @@ for conf in configs:
                 "split": split,
                 "n_train": len(train),
                 "unfrozen": args.unfrozen,
+                "bf16": args.bf16,
                 "lr": args.lr_times_1000 / 1000,
                 "threads": args.threads,
                 "steps": STEPS,
