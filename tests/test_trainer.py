@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_recipe, write_recipe
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, TrainingArguments
 
+from minnow.core.recipe import load_recipe
 from minnow.distill.losses import IGNORE_INDEX, divergence, kd_loss_sum
 from minnow.distill.trainer import LogitDistillTrainer
+from minnow.distill.training import training_arguments
 
 
 def _rows(tok) -> list[dict]:
@@ -100,3 +103,14 @@ def test_bf16_mixed_precision_computes_in_bf16_and_takes_the_fp32_step(tiny_pair
     assert not torch.equal(a, b)
     assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.99
     assert all(v.dtype == torch.float32 for v in bf16.values())
+
+
+@pytest.mark.parametrize("choice", ["bf16", "fp32"])
+def test_the_recipe_sets_the_trainers_mixed_precision(tiny_pair, tmp_path, choice):
+    recipe = load_recipe(
+        write_recipe(
+            tmp_path / "r.yaml",
+            tiny_recipe(tiny_pair, tmp_path, distill={"steps": 1, "mixed_precision": choice}),
+        )
+    )
+    assert training_arguments(recipe, tmp_path / "out", torch.device("cpu")).bf16 == (choice == "bf16")
