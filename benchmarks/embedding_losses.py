@@ -7,7 +7,7 @@ licence paragraphs. The loss terms are Minnow's (`minnow.distill.losses`), compu
 computes them. Prints one JSON line per config.
 
     python benchmarks/embedding_losses.py N_TRAIN N_HELD N_UNSEEN STEPS BATCH LR_TIMES_1000 CONF[,CONF...] [LAYERS] [split]
-        [--unfrozen] [--threads N] [--eval-every K] [--mlp-fraction F] [--bf16]
+        [--unfrozen] [--threads N] [--eval-every K] [--mlp-fraction F] [--bf16] [--corpus python-text]
     e.g. python benchmarks/embedding_losses.py 1500 300 300 120 32 1 mse+cosine,cosine+similarity '[0,5]'
          python benchmarks/embedding_losses.py 3000 500 500 300 32 0.3 mse+cosine '[0,2,5]' --threads 1
          python benchmarks/embedding_losses.py 3000 500 500 600 32 1 mse+cosine '[0,2,5]' --threads 1 --eval-every 150
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from minnow.core.recipe import FromTeacher, resolve_model_path
-from minnow.distill.data import python_docstrings, sentence_splits, unseen_examples
+from minnow.distill.data import python_docstrings, python_text, sentence_splits, unseen_examples
 from minnow.distill.embedding import derive_student, teacher_pass
 from minnow.distill.encoder import TorchEncoder, load_encoder
 from minnow.distill.losses import (
@@ -58,6 +58,12 @@ parser.add_argument("--threads", type=int, default=2)
 parser.add_argument("--eval-every", type=int, default=0, help="also evaluate every K steps (0: only at the end)")
 parser.add_argument("--mlp-fraction", type=float, help="keep this share of each layer's FFN units (default: all)")
 parser.add_argument(
+    "--corpus",
+    choices=["python-docstrings", "python-text"],
+    default="python-docstrings",
+    help="what the training texts are drawn from (data.builtin); the held-out texts are docstrings either way",
+)
+parser.add_argument(
     "--bf16", action="store_true", help="training forward under bfloat16 autocast (distill.mixed_precision)"
 )
 args = parser.parse_args()
@@ -70,11 +76,16 @@ teacher, tok = load_encoder(tdir)
 paras = sorted(set(python_docstrings()))
 random.Random(0).shuffle(paras)
 held, train = paras[:N_HELD], paras[N_HELD : N_HELD + N_TRAIN]
+if args.corpus == "python-text":
+    pool = sorted(set(python_text()) - set(held))
+    random.Random(0).shuffle(pool)
+    train = pool[:N_TRAIN]
 if split:
     train = train + [e["text"] for e in sentence_splits([{"text": t} for t in train])]
-unseen = [e["text"] for e in unseen_examples("python-licenses", N_UNSEEN, set(paras))]
+unseen = [e["text"] for e in unseen_examples("python-licenses", N_UNSEEN, set(paras) | set(train))]
 t0 = time.time()
-cache = Path(tempfile.gettempdir()) / (f"minnow-tcache-{N_TRAIN}-{N_HELD}-{N_UNSEEN}-{int(split)}.npy")
+corpus = "" if args.corpus == "python-docstrings" else f"-{args.corpus}"
+cache = Path(tempfile.gettempdir()) / (f"minnow-tcache-{N_TRAIN}-{N_HELD}-{N_UNSEEN}-{int(split)}{corpus}.npy")
 if cache.exists():
     emb = np.load(cache)
 else:
@@ -161,6 +172,7 @@ for conf in configs:
                 "layers": layers,
                 "mlp_fraction": args.mlp_fraction,
                 "split": split,
+                "corpus": args.corpus,
                 "n_train": len(train),
                 "unfrozen": args.unfrozen,
                 "bf16": args.bf16,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -66,13 +67,30 @@ def stable_id(example: Example) -> str:
     return hashlib.sha1(content.encode("utf-8")).hexdigest()[:16]
 
 
-def python_docstrings(min_words: int = 12, max_words: int = 200) -> list[str]:
+def paragraphs(text: str, min_words: int = 12, max_words: int = 200) -> list[str]:
+    """The blank-line-separated paragraphs of ``text`` with ``min_words`` to ``max_words`` words, whitespace folded;
+    doctest examples left out."""
+    out = []
+    for para in re.split(r"\n\s*\n", text):
+        words = para.split()
+        if min_words <= len(words) <= max_words and not para.lstrip().startswith(">>>"):
+            out.append(" ".join(words))
+    return out
+
+
+def python_docstrings() -> list[str]:
     """Paragraphs of the docstrings of the standard library's modules, classes and functions.
 
     Read from source with ``ast`` (nothing is imported), so every Python install has this corpus offline.
     """
+    return list(_stdlib_docstrings())
+
+
+@functools.cache
+def _stdlib_docstrings() -> tuple[str, ...]:
+    """Parsing the standard library takes seconds; its files do not change while a process runs."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    paragraphs: list[str] = []
+    found: list[str] = []
     for file in sorted(root.rglob("*.py")):
         if {"test", "tests", "idle_test", "site-packages"} & set(file.relative_to(root).parts):
             continue
@@ -82,30 +100,43 @@ def python_docstrings(min_words: int = 12, max_words: int = 200) -> list[str]:
             continue
         nodes = [tree] + [n for n in ast.walk(tree) if isinstance(n, (ast.ClassDef, ast.FunctionDef))]
         for node in nodes:
-            doc = ast.get_docstring(node)
-            for para in re.split(r"\n\s*\n", doc or ""):
-                words = para.split()
-                if min_words <= len(words) <= max_words and not para.lstrip().startswith(">>>"):
-                    paragraphs.append(" ".join(words))
-    return paragraphs
+            found += paragraphs(ast.get_docstring(node) or "")
+    return tuple(found)
 
 
-def python_licenses(min_words: int = 12, max_words: int = 200) -> list[str]:
+def python_text() -> list[str]:
+    """Unique paragraphs of three kinds of prose every Python install carries: the standard library's docstrings,
+    the language reference's topics (``pydoc_data``, what ``help()`` shows) and the installed packages' own
+    descriptions (their READMEs, ``*.dist-info/METADATA``). Paragraphs that speak of licences or copyright are left
+    out, so the ``python-licenses`` evaluation stays a domain never trained on. In stable-id order, so that the
+    first ``data.max_examples`` of them mix the three kinds."""
+    from pydoc_data.topics import topics
+
+    descriptions = (d.metadata.get_payload() or d.metadata.get("Description") or "" for d in _distributions())
+    found = python_docstrings() + [p for t in topics.values() for p in paragraphs(t)]
+    found += [p for text in descriptions for p in paragraphs(text) if not p.startswith(("```", "|", "<", "[!["))]
+    legal = re.compile(r"licen[cs]|copyright|warrant", re.IGNORECASE)
+    return sorted({p for p in found if not legal.search(p)}, key=lambda p: stable_id({"text": p}))
+
+
+def _distributions() -> list[Any]:
+    """Installed distributions, one per name (a package installed twice on the path counts once), sorted by name."""
+    named = {d.metadata["Name"].lower(): d for d in reversed(list(distributions())) if d.metadata["Name"]}
+    return [named[name] for name in sorted(named)]
+
+
+def python_licenses() -> list[str]:
     """Unique paragraphs of the licence files of Python itself and of the installed packages (``*.dist-info``):
     legal prose, a domain the docstrings do not cover, for a held-back evaluation of generalisation."""
     licences = {Path(d.locate_file(f)) for d in distributions() for f in d.files or [] if "LICEN" in f.name.upper()}
     files = [Path(sysconfig.get_paths()["stdlib"]) / "LICENSE.txt"] + sorted(licences)
-    paragraphs: dict[str, None] = {}
+    found: list[str] = []
     for file in files:
         try:
-            text = file.read_text(encoding="utf-8") if file.is_file() else ""
+            found += paragraphs(file.read_text(encoding="utf-8") if file.is_file() else "")
         except (UnicodeDecodeError, OSError):
             continue
-        for para in re.split(r"\n\s*\n", text):
-            words = para.split()
-            if min_words <= len(words) <= max_words:
-                paragraphs[" ".join(words)] = None
-    return list(paragraphs)
+    return list(dict.fromkeys(found))
 
 
 def unseen_examples(source: str, n: int, exclude: set[str]) -> list[Example]:
@@ -131,9 +162,10 @@ def read_rows(spec: Data, bad: OnBadRow, limit: int | None = None) -> tuple[list
 
     ``bad(where, problem)`` is called for each row that cannot be parsed, and may raise.
     """
-    if spec.builtin == "python-docstrings":
-        source = "builtin:python-docstrings"
-        return _numbered(source, [{"text": t} for t in python_docstrings()[:limit]], "paragraph"), source
+    if spec.builtin is not None:
+        texts = {"python-docstrings": python_docstrings, "python-text": python_text}[spec.builtin]()
+        source = f"builtin:{spec.builtin}"
+        return _numbered(source, [{"text": t} for t in texts[:limit]], "paragraph"), source
     if spec.dataset is not None:
         return _numbered(spec.dataset, _dataset_rows(spec, limit), "row"), spec.dataset
     if isinstance(spec.path, list):

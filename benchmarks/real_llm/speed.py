@@ -70,7 +70,8 @@ def markdown(r: dict) -> str:
         "",
         f"Run `{r['run']}`; int4 = {r['int4']['lm_head']} lm_head, block {r['int4']['block_size']} for both models. "
         f"Greedy decode of one general prompt for {r['new_tokens']} tokens, {r['rounds']} alternating rounds in one "
-        "process; medians, and medians of per-round ratios to the teacher's PyTorch fp32.",
+        "process; medians, and medians of per-round ratios to the teacher's PyTorch fp32. Time it with nothing else "
+        "on the cores: other jobs slow PyTorch's threads more than onnxruntime's and inflate the ratios.",
         "",
         "| threads | variant | decode tok/s | × teacher PyTorch | TTFT ms |",
         "|---|---|---|---|---|",

@@ -109,8 +109,10 @@ class Data(Section):
     dataset: str | None = Field(
         None, description="A `datasets` hub name, or a local folder (`save_to_disk` or data files), instead of `path`."
     )
-    builtin: Literal["python-docstrings"] | None = Field(
-        None, description="A corpus every Python install carries: paragraphs of the standard library's docstrings."
+    builtin: Literal["python-docstrings", "python-text"] | None = Field(
+        None,
+        description="A corpus every Python install carries: `python-docstrings`, paragraphs of the standard library's "
+        "docstrings; `python-text`, those and the language reference's topics and the installed packages' READMEs.",
     )
     split: str = Field("train", description="Split to read when `dataset` is given.")
     text_field: str | None = Field(None, description="Field holding plain text (pretraining-style or embedding data).")
