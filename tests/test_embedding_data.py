@@ -3,11 +3,11 @@ unseen-domain texts."""
 
 from __future__ import annotations
 
-from conftest import write_recipe
 from pydoc_data.topics import topics
 
-from minnow.core.recipe import load_recipe
+from conftest import write_recipe
 
+from minnow.core.recipe import load_recipe
 from minnow.distill.data import (
     paragraphs,
     python_docstrings,
