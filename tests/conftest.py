@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -41,6 +42,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def run_minnow(*args: str, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
     env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.run([*MINNOW, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def minnow_here(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``minnow *args`` run in this process by Typer's CliRunner: the CLI's own code and error boundary without a new
+    interpreter's imports, for commands that do little work (validate, schema, init, a failing run). Anything but an
+    exit escaping the boundary is raised here, as the bug it is."""
+    from typer.testing import CliRunner
+
+    from minnow.cli import app
+
+    with contextlib.chdir(cwd or Path.cwd()):
+        result = CliRunner(env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}).invoke(app, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess(["minnow", *args], result.exit_code, result.stdout, result.stderr)
 
 
 def write_recipe(path: Path, recipe: dict) -> Path:

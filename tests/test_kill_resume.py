@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import MINNOW, run_minnow, tiny_recipe, write_recipe
+from conftest import MINNOW, minnow_here, run_minnow, tiny_recipe, write_recipe
 
 from minnow.core.report_schema import Report
 
@@ -96,9 +96,14 @@ def test_kill_9_in_every_stage_then_resume(tiny_pair, tmp_path):
         args = ["run", str(file)] if run is None else ["run", "--resume", str(run)]
         run = kill_when(start(args, log), log, trigger, tmp_path / "runs")
         assert gone(run), f"killed in {stage}: processes left {processes_naming(str(run))}"
+        if stage == "distill":
+            assert not (run / "student").exists(), "killed mid-training: no student yet"
     result = run_minnow("run", "--resume", str(run))
     assert result.returncode == 0, result.stderr[-3000:]
     assert_complete(run)
+    after_distill = (tmp_path / f"attempt-{[s for s, _ in STAGES].index('distill') + 1}.log").read_text()
+    assert int(after_distill.split("resuming from checkpoint-")[1].split()[0]) >= 20, after_distill[-2000:]
+    assert Report.model_validate_json((run / "report.json").read_text()).distill.steps == 40
 
 
 def assert_complete(run: Path) -> None:
@@ -116,7 +121,7 @@ def test_corrupt_report_is_named_then_rebuilt_by_resume(tiny_run, tmp_path):
     run = Path(shutil.copytree(tiny_run, tmp_path / tiny_run.name))
     (run / "report.json").write_text('{"distill": {"eval": ')
     (run / "onnx" / ".int4.stale.tmp").mkdir()
-    result = run_minnow("report", str(run))
+    result = minnow_here("report", str(run))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"{run / 'report.json'}: corrupt" in result.stderr and "minnow run --resume" in result.stderr
     result = run_minnow("run", "--resume", str(run))

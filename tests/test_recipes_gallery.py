@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import minilm_recipe, run_minnow, write_recipe
+from conftest import minilm_recipe, minnow_here, write_recipe
 from safetensors.numpy import save_file
 from tiny_models import CHAT_TEMPLATE, support_tickets, train_tokenizer
 
@@ -27,7 +27,7 @@ CHAT = [
 
 
 def test_schema_file_is_up_to_date():
-    result = run_minnow("schema")
+    result = minnow_here("schema")
     assert result.returncode == 0, result.stderr
     committed = (ROOT / "recipes" / "recipe.schema.json").read_text()
     assert result.stdout == committed, "stale: run `minnow schema --output recipes/recipe.schema.json`"
@@ -75,7 +75,7 @@ def test_init_writes_a_commented_recipe_that_validates(tmp_path, name, make, n, 
     (tmp_path / "data").mkdir()
     make(tmp_path / "data" / name, n)
     out = tmp_path / "recipes" / "starter.yaml"
-    result = run_minnow("init", f"data/{name}", "--output", str(out), cwd=tmp_path)
+    result = minnow_here("init", f"data/{name}", "--output", str(out), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     text = out.read_text()
     raw = yaml.safe_load(text)
@@ -83,7 +83,7 @@ def test_init_writes_a_commented_recipe_that_validates(tmp_path, name, make, n, 
     assert {k: raw["data"][k] for k in fields} == fields
     assert raw["data"]["heldout"] == min(max(round(0.05 * n), 8), 500)
     assert f"# {Data.model_fields[next(iter(fields))].description}" in text
-    validated = run_minnow("validate", str(out))
+    validated = minnow_here("validate", str(out))
     assert validated.returncode == 0, validated.stderr
     if name.endswith(".txt"):
         assert "--task embedding" in result.stderr
@@ -92,12 +92,12 @@ def test_init_writes_a_commented_recipe_that_validates(tmp_path, name, make, n, 
 def test_init_embedding_and_refusing_to_overwrite(tmp_path):
     _paragraphs(tmp_path / "notes.txt", 30)
     args = ("init", "notes.txt", "--task", "embedding", "--output", "r.yaml")
-    assert run_minnow(*args, cwd=tmp_path).returncode == 0
+    assert minnow_here(*args, cwd=tmp_path).returncode == 0
     recipe = load_recipe(tmp_path / "r.yaml")
     assert recipe.task == "embedding" and recipe.student.from_teacher.layers == [0, 5]
-    again = run_minnow(*args, cwd=tmp_path)
+    again = minnow_here(*args, cwd=tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr and "--force" in again.stderr
-    assert run_minnow(*args, "--force", cwd=tmp_path).returncode == 0
+    assert minnow_here(*args, "--force", cwd=tmp_path).returncode == 0
 
 
 def test_chat_tokenization_trains_only_assistant_turns():
