@@ -107,12 +107,13 @@ def _stdlib_docstrings() -> tuple[str, ...]:
 def python_text() -> list[str]:
     """Unique paragraphs of three kinds of prose every Python install carries: the standard library's docstrings,
     the language reference's topics (``pydoc_data``, what ``help()`` shows) and the installed packages' own
-    descriptions (their READMEs, ``*.dist-info/METADATA``). Paragraphs that speak of licences or copyright are left
-    out, so the ``python-licenses`` evaluation stays a domain never trained on. In stable-id order, so that the
-    first ``data.max_examples`` of them mix the three kinds."""
+    descriptions (their READMEs, ``*.dist-info/METADATA``; not Minnow's own, which changes with every release).
+    Paragraphs that speak of licences or copyright are left out, so the ``python-licenses`` evaluation stays a domain
+    never trained on. In stable-id order, so that the first ``data.max_examples`` of them mix the three kinds."""
     from pydoc_data.topics import topics
 
-    descriptions = (d.metadata.get_payload() or d.metadata.get("Description") or "" for d in _distributions())
+    packages = [d for d in _distributions() if d.metadata["Name"].lower() != "minnow"]
+    descriptions = (d.metadata.get_payload() or d.metadata.get("Description") or "" for d in packages)
     found = python_docstrings() + [p for t in topics.values() for p in paragraphs(t)]
     found += [p for text in descriptions for p in paragraphs(text) if not p.startswith(("```", "|", "<", "[!["))]
     legal = re.compile(r"licen[cs]|copyright|warrant", re.IGNORECASE)
@@ -128,7 +129,7 @@ def _distributions() -> list[Any]:
 def python_licenses() -> list[str]:
     """Unique paragraphs of the licence files of Python itself and of the installed packages (``*.dist-info``):
     legal prose, a domain the docstrings do not cover, for a held-back evaluation of generalisation."""
-    licences = {Path(d.locate_file(f)) for d in distributions() for f in d.files or [] if "LICEN" in f.name.upper()}
+    licences = {Path(d.locate_file(f)) for d in _distributions() for f in d.files or [] if "LICEN" in f.name.upper()}
     files = [Path(sysconfig.get_paths()["stdlib"]) / "LICENSE.txt"] + sorted(licences)
     found: list[str] = []
     for file in files:
