@@ -343,20 +343,32 @@ def check_parity(
 
 
 def stream_generate(
-    model_dir: Path, prompt_ids: list[int], max_new_tokens: int, threads: int | None = None
+    model_dir: Path,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    threads: int | None = None,
+    repetition_penalty: float = 1.0,
 ) -> Iterator[int]:
     """Greedy decode with onnxruntime-genai, yielding token ids one by one (stops early at a stop token)."""
     model_dir = Path(model_dir).resolve()
     context_length = _genai_config(model_dir)["model"]["context_length"]
-    yield from _greedy(load_model(model_dir, threads), context_length, prompt_ids, max_new_tokens)
+    yield from _greedy(load_model(model_dir, threads), context_length, prompt_ids, max_new_tokens, repetition_penalty)
 
 
-def _greedy(model: og.Model, context_length: int, prompt_ids: Sequence[int], max_new_tokens: int) -> Iterator[int]:
+def _greedy(
+    model: og.Model,
+    context_length: int,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    repetition_penalty: float = 1.0,
+) -> Iterator[int]:
     if len(prompt_ids) >= context_length:
         raise MinnowError(f"the prompt has {len(prompt_ids)} tokens; the model's context holds {context_length}")
     if max_new_tokens < 1:
         return
-    generator = greedy_generator(model, min(len(prompt_ids) + max_new_tokens, context_length))
+    generator = greedy_generator(
+        model, min(len(prompt_ids) + max_new_tokens, context_length), repetition_penalty=repetition_penalty
+    )
     generator.append_tokens(list(prompt_ids))
     while not generator.is_done():
         generator.generate_next_token()

@@ -23,11 +23,14 @@ def load_model(model_dir: Path, threads: int | None = None) -> og.Model:
     return open_model(model_dir, threads)
 
 
-def greedy_generator(model: og.Model, max_length: int, fixed_length: bool = False) -> og.Generator:
+def greedy_generator(
+    model: og.Model, max_length: int, fixed_length: bool = False, repetition_penalty: float = 1.0
+) -> og.Generator:
     """A greedy generator for prompt + output of at most ``max_length`` tokens; ``fixed_length`` keeps a stop
-    token from ending it early (for timing a set number of tokens)."""
+    token from ending it early (for timing a set number of tokens); ``repetition_penalty`` as
+    :func:`minnow.export.generate.penalize_repeats` applies it."""
     params = og.GeneratorParams(model)
-    options = {"do_sample": False, "max_length": max_length}
+    options = {"do_sample": False, "max_length": max_length, "repetition_penalty": repetition_penalty}
     if fixed_length:
         options["min_length"] = max_length
     params.set_search_options(**options)

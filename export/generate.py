@@ -41,8 +41,11 @@ def throughput(finals: list[Partial]) -> tuple[float, float]:
     return tokens_per_s(sum(f.tokens for f in finals), sum(f.seconds for f in finals)), mean(f.ttft_ms for f in finals)
 
 
-def stream_text(variant: Variant, prompt: str, max_new_tokens: int, threads: int) -> Iterator[Partial]:
-    """Greedy-decode ``prompt`` (through the chat template when the tokenizer has one), one Partial per token.
+def stream_text(
+    variant: Variant, prompt: str, max_new_tokens: int, threads: int, repetition_penalty: float = 1.0
+) -> Iterator[Partial]:
+    """Greedy-decode ``prompt`` (through the chat template when the tokenizer has one), one Partial per token;
+    ``repetition_penalty`` as :func:`penalize_repeats` applies it, the same for PyTorch and onnxruntime-genai.
 
     The model is loaded before the clock starts; tokens/s counts every generated token over the time since
     the prompt was submitted, so it includes the prompt's processing.
@@ -50,9 +53,9 @@ def stream_text(variant: Variant, prompt: str, max_new_tokens: int, threads: int
     tokenizer = _tokenizer(variant)
     prompt_ids = encode_prompt(tokenizer, prompt)
     tokens = (
-        _onnx_tokens(variant, prompt_ids, max_new_tokens, threads)
+        _onnx_tokens(variant, prompt_ids, max_new_tokens, threads, repetition_penalty)
         if variant.precision
-        else _torch_tokens(variant, prompt_ids, max_new_tokens, threads)
+        else _torch_tokens(variant, prompt_ids, max_new_tokens, threads, repetition_penalty)
     )
     start = time.perf_counter()
     generated: list[int] = []
@@ -70,16 +73,20 @@ def _tokenizer(variant: Variant) -> PreTrainedTokenizerBase:
     return cached(("tokenizer", path, revision), lambda: AutoTokenizer.from_pretrained(path, revision=revision))
 
 
-def _onnx_tokens(variant: Variant, prompt_ids: list[int], max_new_tokens: int, threads: int) -> Iterator[int]:
+def _onnx_tokens(
+    variant: Variant, prompt_ids: list[int], max_new_tokens: int, threads: int, repetition_penalty: float
+) -> Iterator[int]:
     folder = Path(variant.path).resolve()
     missing = [name for name in ONNX_FILES if not (folder / name).is_file()]
     if missing:
         raise MinnowError(f"{folder} has no {', '.join(missing)}; export it again with `minnow export RUN_DIR`")
     load_model(folder, threads)  # load now, so loading is not timed as the first token
-    return stream_generate(folder, prompt_ids, max_new_tokens, threads)
+    return stream_generate(folder, prompt_ids, max_new_tokens, threads, repetition_penalty)
 
 
-def _torch_tokens(variant: Variant, prompt_ids: list[int], max_new_tokens: int, threads: int) -> Iterator[int]:
+def _torch_tokens(
+    variant: Variant, prompt_ids: list[int], max_new_tokens: int, threads: int, repetition_penalty: float
+) -> Iterator[int]:
     assert variant.spec is not None
     spec = variant.spec
     model: PreTrainedModel = cached(
@@ -90,7 +97,7 @@ def _torch_tokens(variant: Variant, prompt_ids: list[int], max_new_tokens: int, 
     if context is not None and len(prompt_ids) >= context:
         raise MinnowError(f"the prompt has {len(prompt_ids)} tokens; the model's context holds {context}")
     limit = max_new_tokens if context is None else min(max_new_tokens, context - len(prompt_ids))
-    return torch_greedy(model, prompt_ids, limit, _stop_ids(model, _tokenizer(variant)))
+    return torch_greedy(model, prompt_ids, limit, _stop_ids(model, _tokenizer(variant)), repetition_penalty)
 
 
 def _stop_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
@@ -99,16 +106,32 @@ def _stop_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set
     return ids | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
 
 
+def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """``logits`` of one position with each token id in ``seen`` made less likely: a positive logit divided by
+    ``penalty``, a negative one multiplied (Keskar et al. 2019, "CTRL", section 4.1; as transformers' and
+    onnxruntime-genai's ``repetition_penalty``)."""
+    picked = logits[seen]
+    return logits.index_put((seen,), torch.where(picked > 0, picked / penalty, picked * penalty))
+
+
 @torch.inference_mode()
 def torch_greedy(
-    model: PreTrainedModel, prompt_ids: list[int], max_new_tokens: int, stop_ids: set[int]
+    model: PreTrainedModel,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    stop_ids: set[int],
+    repetition_penalty: float = 1.0,
 ) -> Iterator[int]:
     """Argmax decoding with the KV cache; yields each token, the stop token included, like onnxruntime-genai."""
-    input_ids, past = torch.tensor([prompt_ids]), None
+    input_ids, past, seen = torch.tensor([prompt_ids]), None, torch.tensor(prompt_ids)
     for _ in range(max_new_tokens):
         out = model(input_ids=input_ids, past_key_values=past, use_cache=True)
         past = out.past_key_values
-        token = int(out.logits[0, -1].argmax())
+        logits = out.logits[0, -1]
+        if repetition_penalty != 1.0:
+            logits = penalize_repeats(logits, seen, repetition_penalty)
+        token = int(logits.argmax())
+        seen = torch.cat([seen, torch.tensor([token])])
         yield token
         if token in stop_ids:
             return

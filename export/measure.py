@@ -99,13 +99,13 @@ def measure_causal(run: RunDir, meter: EnergyMeter, threads: int | None = None) 
     first)."""
     prompts = heldout_prompts(run.report(), run.recipe.serve.benchmark_prompts)
     threads = threads or os.cpu_count() or 1
-    max_new_tokens = run.recipe.serve.max_new_tokens
+    max_new_tokens, penalty = run.recipe.serve.max_new_tokens, run.recipe.serve.repetition_penalty
     rows, teacher_texts = {}, []
     for variant in compare_variants([run]):
         name = variant_key("teacher" if variant.is_teacher else "student", variant.precision)
         deque(stream_text(variant, prompts[0], 1, threads), maxlen=0)  # loads the model, untimed
         with meter.task() as energy:
-            finals = [deque(stream_text(variant, prompt, max_new_tokens, threads), maxlen=1)[0] for prompt in prompts]
+            finals = [deque(stream_text(variant, p, max_new_tokens, threads, penalty), maxlen=1)[0] for p in prompts]
         tokens_per_s, ttft_ms = generation_throughput(finals)
         teacher_texts = teacher_texts or [f.text for f in finals]
         rows[name] = {
@@ -120,4 +120,10 @@ def measure_causal(run: RunDir, meter: EnergyMeter, threads: int | None = None) 
     teacher = rows[variant_key("teacher")]
     for row in rows.values():
         row["speedup_vs_teacher"] = round(row["tokens_per_s"] / teacher["tokens_per_s"], 3)
-    return {"threads": threads, "max_new_tokens": max_new_tokens, "prompts": len(prompts), "variants": rows}
+    return {
+        "threads": threads,
+        "max_new_tokens": max_new_tokens,
+        "repetition_penalty": penalty,
+        "prompts": len(prompts),
+        "variants": rows,
+    }

@@ -136,8 +136,10 @@ def _compare_tab(variants: list[Variant], threads: gr.Radio, settings: Serve) ->
             elem_id="prompt",
         )
         button = gr.Button("Generate", variant="primary", elem_id="generate")
+        penalty = f", repetition penalty {settings.repetition_penalty:g}" if settings.repetition_penalty != 1 else ""
         gr.Markdown(
-            f"Greedy decoding, at most {settings.max_new_tokens} new tokens; the variants run one after another."
+            f"Greedy decoding{penalty}, at most {settings.max_new_tokens} new tokens; the variants run one after "
+            "another."
         )
         outputs: list[gr.components.Component] = []
         for variant in variants:
@@ -371,7 +373,7 @@ def _compare(variants: list[Variant], prompt: str, threads: int, settings: Serve
             yield list(values)
             continue
         try:
-            for part in stream_text(variant, prompt, settings.max_new_tokens, threads):
+            for part in stream_text(variant, prompt, settings.max_new_tokens, threads, settings.repetition_penalty):
                 values[at] = [part.text, _number(part.ttft_ms), _number(part.tokens_per_s)]
                 yield list(values)
                 if deadline.passed():

@@ -53,10 +53,14 @@ def embedding_queries(run: RunDir, limit: int) -> list[str]:
     return [row["text"] for row in jsonl_rows(run.heldout)[:limit]]
 
 
-def time_generation(variant: Variant, prompts: list[str], max_new_tokens: int, threads: int) -> Timing:
-    """Mean time to first token and mean tokens/s of greedy generation, after one untimed warm-up token."""
+def time_generation(variant: Variant, prompts: list[str], serve: Serve, threads: int) -> Timing:
+    """Mean time to first token and mean tokens/s of greedy generation as the demo runs it (``serve``'s limit and
+    repetition penalty), after one untimed warm-up token."""
     deque(stream_text(variant, prompts[0], 1, threads), maxlen=0)
-    finals = [deque(stream_text(variant, prompt, max_new_tokens, threads), maxlen=1)[0] for prompt in prompts]
+    finals = [
+        deque(stream_text(variant, prompt, serve.max_new_tokens, threads, serve.repetition_penalty), maxlen=1)[0]
+        for prompt in prompts
+    ]
     rate, ttft_ms = throughput(finals)
     return Timing(ttft_ms, rate)
 
@@ -73,7 +77,7 @@ def time_variant(variant: Variant, corpus: Path | None, report: Report, serve: S
     """Time a causal-LM variant (``corpus`` None) on its run's held-out prompts, or an embedding variant searching
     ``corpus`` with its run's held-out texts."""
     if corpus is None:
-        return time_generation(variant, heldout_prompts(report, serve.benchmark_prompts), serve.max_new_tokens, threads)
+        return time_generation(variant, heldout_prompts(report, serve.benchmark_prompts), serve, threads)
     return time_search(variant, corpus, embedding_queries(variant.run, serve.benchmark_prompts), serve.top_k, threads)
 
 

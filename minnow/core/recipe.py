@@ -401,6 +401,13 @@ class Serve(Section):
     port: int = Field(7860, gt=0, lt=65536, description="Port of the demo.")
     max_input_chars: int = Field(2000, gt=0, description="Longest prompt or query the demo accepts.")
     max_new_tokens: int = Field(64, gt=0, le=1024, description="Most tokens a variant generates per request.")
+    repetition_penalty: float = Field(
+        1.0,
+        ge=1.0,
+        le=2.0,
+        description="Greedy decoding's penalty on tokens already in the prompt or answer (CTRL), the same for every "
+        "variant in the demo and the measure stage; 1.0 = plain greedy, which the export parity checks always use.",
+    )
     max_queue: int = Field(16, gt=0, description="Requests waiting in the demo's queue before new ones are refused.")
     time_limit_s: float = Field(
         300.0,

@@ -61,6 +61,7 @@ class Variants(Section):
     threads: int
     variants: dict[str, VariantFigures]
     max_new_tokens: int | None = None
+    repetition_penalty: float | None = Field(None, description="Causal-lm: `serve.repetition_penalty` of the answers.")
     prompts: int | None = None
     batch_size: int | None = None
     texts: int | None = None
