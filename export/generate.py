@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,13 @@ def stream_text(
         generated.append(token)
         text = tokenizer.decode(generated, skip_special_tokens=True)
         yield Partial(text, len(generated), milliseconds(first - start), now - start)
+
+
+def final_answers(
+    variant: Variant, prompts: list[str], max_new_tokens: int, threads: int, repetition_penalty: float = 1.0
+) -> list[Partial]:
+    """Each prompt answered in full by :func:`stream_text`, one request after another: the last Partial of each."""
+    return [deque(stream_text(variant, p, max_new_tokens, threads, repetition_penalty), maxlen=1)[0] for p in prompts]
 
 
 def _tokenizer(variant: Variant) -> PreTrainedTokenizerBase:

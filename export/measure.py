@@ -20,7 +20,7 @@ from minnow.distill.metrics import agreement, rouge_l
 from minnow.distill.models import local_model_dir
 
 from .embedding import ECOSYSTEM_FILES, OnnxEncoder, throughput
-from .generate import stream_text
+from .generate import final_answers, stream_text
 from .generate import throughput as generation_throughput
 from .variants import compare_variants
 
@@ -105,7 +105,7 @@ def measure_causal(run: RunDir, meter: EnergyMeter, threads: int | None = None) 
         name = variant_key("teacher" if variant.is_teacher else "student", variant.precision)
         deque(stream_text(variant, prompts[0], 1, threads), maxlen=0)  # loads the model, untimed
         with meter.task() as energy:
-            finals = [deque(stream_text(variant, p, max_new_tokens, threads, penalty), maxlen=1)[0] for p in prompts]
+            finals = final_answers(variant, prompts, max_new_tokens, threads, penalty)
         tokens_per_s, ttft_ms = generation_throughput(finals)
         teacher_texts = teacher_texts or [f.text for f in finals]
         rows[name] = {

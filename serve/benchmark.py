@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from minnow.core.recipe import Serve
 from minnow.core.report_schema import Report, variant_key
 from minnow.core.rundir import RunDir, jsonl_rows
-from minnow.export.generate import stream_text, throughput
+from minnow.export.generate import final_answers, stream_text, throughput
 from minnow.export.measure import heldout_prompts
 from minnow.export.variants import Variant
 
@@ -57,10 +57,7 @@ def time_generation(variant: Variant, prompts: list[str], serve: Serve, threads:
     """Mean time to first token and mean tokens/s of greedy generation as the demo runs it (``serve``'s limit and
     repetition penalty), after one untimed warm-up token."""
     deque(stream_text(variant, prompts[0], 1, threads), maxlen=0)
-    finals = [
-        deque(stream_text(variant, prompt, serve.max_new_tokens, threads, serve.repetition_penalty), maxlen=1)[0]
-        for prompt in prompts
-    ]
+    finals = final_answers(variant, prompts, serve.max_new_tokens, threads, serve.repetition_penalty)
     rate, ttft_ms = throughput(finals)
     return Timing(ttft_ms, rate)
 
