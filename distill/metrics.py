@@ -59,3 +59,11 @@ def rouge_l(candidate: str, reference: str) -> float:
             diagonal, row[j] = row[j], diagonal + 1 if word == other else max(row[j], row[j - 1])
     lcs = row[-1]
     return 0.0 if lcs == 0 else 2 * lcs / (len(c) + len(r))
+
+
+def seq_rep(text: str, n: int = 3) -> float:
+    """Share of the whitespace-token n-grams of ``text`` that repeat an earlier one, 1 − unique / all: how much a
+    generation loops (seq-rep-n of Welleck et al. 2020, "Neural Text Generation with Unlikelihood Training")."""
+    words = text.lower().split()
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return 0.0 if not grams else 1 - len(set(grams)) / len(grams)

@@ -16,7 +16,7 @@ from minnow.core.measures import size_on_disk
 from minnow.core.report_schema import Report, variant_key
 from minnow.core.rundir import RunDir
 from minnow.distill.encoder import TorchEncoder
-from minnow.distill.metrics import agreement, rouge_l
+from minnow.distill.metrics import agreement, rouge_l, seq_rep
 from minnow.distill.models import local_model_dir
 
 from .embedding import ECOSYSTEM_FILES, OnnxEncoder, throughput
@@ -116,6 +116,7 @@ def measure_causal(run: RunDir, meter: EnergyMeter, threads: int | None = None) 
             "tokens": sum(f.tokens for f in finals),
             "energy": energy,
             "rouge_l_vs_teacher": round(mean(rouge_l(f.text, t) for f, t in zip(finals, teacher_texts)), 4),
+            "seq_rep_3": round(mean(seq_rep(f.text) for f in finals), 4),
         }
     teacher = rows[variant_key("teacher")]
     for row in rows.values():

@@ -58,7 +58,8 @@ def test_side_by_side_scores_each_variants_answers_against_the_teachers(tiny_run
     assert rows["teacher (PyTorch)"]["rouge_l_vs_teacher"] == 1.0
     # The fp32 export reproduces the PyTorch student's greedy text (parity gate), so their scores are equal.
     assert rows["student ONNX fp32"]["rouge_l_vs_teacher"] == rows["student (PyTorch)"]["rouge_l_vs_teacher"]
-    assert all(0 <= row["rouge_l_vs_teacher"] <= 1 for row in rows.values())
+    assert all(0 <= row["rouge_l_vs_teacher"] <= 1 and 0 <= row["seq_rep_3"] < 1 for row in rows.values())
+    assert rows["student ONNX fp32"]["seq_rep_3"] == rows["student (PyTorch)"]["seq_rep_3"]
     assert "ROUGE-L vs teacher" in (tiny_run / "report.md").read_text()
 
 

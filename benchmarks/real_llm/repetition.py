@@ -2,9 +2,9 @@
 
 Each model of the run (teacher, KD student, SFT-only student) answers the held-back prompts through the demo's own
 PyTorch decoding (:func:`minnow.export.generate.torch_greedy`, up to the recipe's ``serve.max_new_tokens``) at
-each penalty. Per model and penalty: the share of its answers' token 3-grams that already occurred earlier in the
-same answer (loops), and ROUGE-L against the teacher's answers, both plain and at the same penalty (what the
-run's measure stage reports when the recipe sets one).
+each penalty. Per model and penalty: how much its answers loop (seq-rep-3, as the measure stage reports it), and
+ROUGE-L against the teacher's answers, both plain and at the same penalty (what the run's measure stage reports
+when the recipe sets one).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/real_llm/repetition.py runs/smollm2-135m-offline-<time> \
         [--prompts 16] [--penalties 1.0 1.1 1.2]
@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from minnow.core import atomic
 from minnow.core.rundir import RunDir
-from minnow.distill.metrics import rouge_l
+from minnow.distill.metrics import rouge_l, seq_rep
 from minnow.export.causal_lm import encode_prompt
 from minnow.export.generate import torch_greedy
 
@@ -32,12 +32,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from prompts import heldout_prompts  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
-
-
-def repeated_trigrams(ids: list[int]) -> float:
-    """Share of the 3-grams of ``ids`` that already occurred earlier in ``ids``."""
-    grams = [tuple(ids[i : i + 3]) for i in range(len(ids) - 2)]
-    return sum(g in set(grams[:i]) for i, g in enumerate(grams)) / max(len(grams), 1)
 
 
 def answers(folder: Path, prompts: list[str], max_new_tokens: int, penalty: float) -> list[list[int]]:
@@ -70,7 +64,7 @@ def main() -> None:
                 {
                     "model": name,
                     "penalty": penalty,
-                    "repeated_3grams": round(mean(map(repeated_trigrams, ids)), 4),
+                    "seq_rep_3": round(mean(map(seq_rep, texts[name, penalty])), 4),
                     "rouge_l_vs_teacher_plain": round(mean(map(rouge_l, texts[name, penalty], teacher_plain)), 4),
                     "rouge_l_vs_teacher_same": round(mean(map(rouge_l, texts[name, penalty], teacher_same)), 4),
                     "answers": texts[name, penalty],
@@ -79,21 +73,25 @@ def main() -> None:
             print({k: v for k, v in rows[-1].items() if k != "answers"}, flush=True)
     results = {"run": run.path.name, "prompts": prompts, "max_new_tokens": max_new_tokens, "rows": rows}
     atomic.write_json(RESULTS / "real_llm_repetition.json", results)
+    write_table(results, " ".join(sys.argv[1:]))
+
+
+def write_table(results: dict, args: str) -> None:
     lines = [
         "# `serve.repetition_penalty` on a SmolLM2 run's answers (issue #14)\n",
-        f"Run `{run.path.name}`; the first {len(prompts)} held-back general instructions (`benchmarks/real_llm/prompts.py`),",
-        "answered through the demo's own PyTorch decoding, greedy, at most",
-        f"{max_new_tokens} new tokens (the recipe's `serve.max_new_tokens`). Repeated 3-grams: the share of an answer's",
-        "token 3-grams that already occurred earlier in it, averaged over the answers. Every answer is in the JSON.\n",
-        "    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/real_llm/repetition.py " + " ".join(sys.argv[1:]) + "\n",
-        "| model | repetition penalty | repeated 3-grams | ROUGE-L vs the teacher's plain answers "
+        f"Run `{results['run']}`; the first {len(results['prompts'])} held-back general instructions "
+        "(`benchmarks/real_llm/prompts.py`), answered through the demo's own PyTorch decoding, greedy, at most "
+        f"{results['max_new_tokens']} new tokens (the recipe's `serve.max_new_tokens`). Loops: seq-rep-3, the share of "
+        "an answer's word 3-grams that repeat an earlier one, averaged over the answers. Every answer is in the JSON.\n",
+        f"    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/real_llm/repetition.py {args}\n",
+        "| model | repetition penalty | loops (seq-rep-3) | ROUGE-L vs the teacher's plain answers "
         "| ROUGE-L vs the teacher's at the same penalty |",
         "|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['model']} | {r['penalty']:g} | {r['repeated_3grams']:.3f} | {r['rouge_l_vs_teacher_plain']:.3f} "
+        f"| {r['model']} | {r['penalty']:g} | {r['seq_rep_3']:.3f} | {r['rouge_l_vs_teacher_plain']:.3f} "
         f"| {r['rouge_l_vs_teacher_same']:.3f} |"
-        for r in rows
+        for r in results["rows"]
     ]
     atomic.write_text(RESULTS / "real_llm_repetition.md", "\n".join(lines) + "\n")
 

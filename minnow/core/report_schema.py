@@ -50,6 +50,9 @@ class VariantFigures(Section):
     rouge_l_vs_teacher: float | None = Field(
         None, description="Causal-lm: mean ROUGE-L F1 of the variant's greedy answers against the teacher's."
     )
+    seq_rep_3: float | None = Field(
+        None, description="Causal-lm: mean share of an answer's word 3-grams that repeat an earlier one (loops)."
+    )
     sentences_per_s: float | None = Field(None, description="Embedding: texts embedded per second.")
     mean_cosine: float | None = None
     spearman_pairwise: float | None = None

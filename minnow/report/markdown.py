@@ -114,14 +114,17 @@ def _embedding_quality(d: Distilled) -> list[str]:
 def variants_section(v: Variants, task: str) -> list[str]:
     lines = ["## Variants side by side", ""]
     if task == "causal-lm":
+        penalty = f" with repetition penalty {v.repetition_penalty:g}" if v.repetition_penalty not in (None, 1) else ""
         lines += [
-            f"Greedy generation of at most {v.max_new_tokens} tokens for each of {v.prompts} held-out prompts, "
-            f"{v.threads} threads, every variant in one process.",
+            f"Greedy generation{penalty} of at most {v.max_new_tokens} tokens for each of {v.prompts} held-out "
+            f"prompts, {v.threads} threads, every variant in one process. Repeated 3-grams: the share of an answer's "
+            "word 3-grams that repeat an earlier one (a looping answer scores high).",
             "",
         ]
-        keys = ["tokens_per_s", "speedup_vs_teacher", "ttft_ms", "rouge_l_vs_teacher"]
+        keys = ["tokens_per_s", "speedup_vs_teacher", "ttft_ms", "rouge_l_vs_teacher", "seq_rep_3"]
         rows = [[name, _mb(r.size_bytes), *(getattr(r, k) for k in keys)] for name, r in v.variants.items()]
         header = ["variant", "size", "tokens/s", "× teacher", "time to first token (ms)", "ROUGE-L vs teacher"]
+        header += ["repeated 3-grams"]
         return lines + _table(header, rows)
     lines += [
         f"Quality against the teacher on {v.texts} held-out texts; sentences/s on the first {v.timed_texts} of them, "
