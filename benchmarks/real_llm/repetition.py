@@ -9,7 +9,7 @@ when the recipe sets one).
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/real_llm/repetition.py runs/smollm2-135m-offline-<time> \
         [--prompts 16] [--penalties 1.0 1.1 1.2]
 
-Writes benchmarks/results/real_llm_repetition.json (every answer included) and .md.
+Writes benchmarks/results/<--name, default real_llm_repetition>.json (every answer included) and .md.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--penalties", type=float, nargs="+", default=[1.0, 1.1, 1.2])
+    parser.add_argument("--name", default="real_llm_repetition", help="results file stem in benchmarks/results/")
     args = parser.parse_args()
     run = RunDir.open(args.run_dir)
     prompts, max_new_tokens = heldout_prompts()[: args.prompts], run.recipe.serve.max_new_tokens
@@ -72,11 +73,11 @@ def main() -> None:
             )
             print({k: v for k, v in rows[-1].items() if k != "answers"}, flush=True)
     results = {"run": run.path.name, "prompts": prompts, "max_new_tokens": max_new_tokens, "rows": rows}
-    atomic.write_json(RESULTS / "real_llm_repetition.json", results)
-    write_table(results, " ".join(sys.argv[1:]))
+    atomic.write_json(RESULTS / f"{args.name}.json", results)
+    write_table(results, " ".join(sys.argv[1:]), args.name)
 
 
-def write_table(results: dict, args: str) -> None:
+def write_table(results: dict, args: str, name: str) -> None:
     lines = [
         "# `serve.repetition_penalty` on a SmolLM2 run's answers (issue #14)\n",
         f"Run `{results['run']}`; the first {len(results['prompts'])} held-back general instructions "
@@ -93,7 +94,7 @@ def write_table(results: dict, args: str) -> None:
         f"| {r['rouge_l_vs_teacher_same']:.3f} |"
         for r in results["rows"]
     ]
-    atomic.write_text(RESULTS / "real_llm_repetition.md", "\n".join(lines) + "\n")
+    atomic.write_text(RESULTS / f"{name}.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
