@@ -1,5 +1,5 @@
-"""kill -9 in every stage, then `minnow run --resume`: the run completes, its subprocesses died with it, and no
-temporary file or folder is left. A corrupt report.json is named, and a resume rebuilds it.
+"""kill -9 in every stage, then `minnow run --resume`: the run completes (training goes on from its last checkpoint),
+its subprocesses died with it, and no temporary file or folder is left. A corrupt report.json is named, and a resume rebuilds it.
 
 Slow: real stages on the tiny pair (each attempt starts a fresh `python -m minnow`).
 """
