@@ -131,15 +131,15 @@ def torch_greedy(
     repetition_penalty: float = 1.0,
 ) -> Iterator[int]:
     """Argmax decoding with the KV cache; yields each token, the stop token included, like onnxruntime-genai."""
-    input_ids, past, seen = torch.tensor([prompt_ids]), None, torch.tensor(prompt_ids)
+    input_ids, past, seen = torch.tensor([prompt_ids]), None, list(prompt_ids)
     for _ in range(max_new_tokens):
         out = model(input_ids=input_ids, past_key_values=past, use_cache=True)
         past = out.past_key_values
         logits = out.logits[0, -1]
         if repetition_penalty != 1.0:
-            logits = penalize_repeats(logits, seen, repetition_penalty)
+            logits = penalize_repeats(logits, torch.tensor(seen), repetition_penalty)
         token = int(logits.argmax())
-        seen = torch.cat([seen, torch.tensor([token])])
+        seen.append(token)
         yield token
         if token in stop_ids:
             return

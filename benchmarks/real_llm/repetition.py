@@ -34,11 +34,15 @@ from prompts import heldout_prompts  # noqa: E402
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
-def answers(folder: Path, prompts: list[str], max_new_tokens: int, penalty: float) -> list[list[int]]:
+def answers(folder: Path, prompts: list[str], max_new_tokens: int, penalties: list[float]) -> list[list[list[int]]]:
+    """Per penalty, the token ids of each prompt's answer by the model in ``folder`` (loaded once)."""
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     stop = {tok.eos_token_id}
-    return [list(torch_greedy(model, encode_prompt(tok, p), max_new_tokens, stop, penalty)) for p in prompts]
+    return [
+        [list(torch_greedy(model, encode_prompt(tok, p), max_new_tokens, stop, penalty)) for p in prompts]
+        for penalty in penalties
+    ]
 
 
 def main() -> None:
@@ -57,8 +61,7 @@ def main() -> None:
     texts: dict[tuple[str, float], list[str]] = {}
     rows = []
     for name, folder in models.items():
-        for penalty in args.penalties:
-            ids = answers(folder, prompts, max_new_tokens, penalty)
+        for penalty, ids in zip(args.penalties, answers(folder, prompts, max_new_tokens, args.penalties)):
             texts[name, penalty] = [tok.decode(a, skip_special_tokens=True).strip() for a in ids]
             teacher_plain, teacher_same = texts["teacher", args.penalties[0]], texts["teacher", penalty]
             rows.append(

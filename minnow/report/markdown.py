@@ -123,8 +123,15 @@ def variants_section(v: Variants, task: str) -> list[str]:
         ]
         keys = ["tokens_per_s", "speedup_vs_teacher", "ttft_ms", "rouge_l_vs_teacher", "seq_rep_3"]
         rows = [[name, _mb(r.size_bytes), *(getattr(r, k) for k in keys)] for name, r in v.variants.items()]
-        header = ["variant", "size", "tokens/s", "× teacher", "time to first token (ms)", "ROUGE-L vs teacher"]
-        header += ["repeated 3-grams"]
+        header = [
+            "variant",
+            "size",
+            "tokens/s",
+            "× teacher",
+            "time to first token (ms)",
+            "ROUGE-L vs teacher",
+            "repeated 3-grams",
+        ]
         return lines + _table(header, rows)
     lines += [
         f"Quality against the teacher on {v.texts} held-out texts; sentences/s on the first {v.timed_texts} of them, "
