@@ -83,20 +83,24 @@ def main() -> None:
         | {"order": run.recipe.curriculum.order},
         "arms": {},
     }
-    init_kl = {}  # per cut: the general KL that cutting opened
+    init_kl = {}  # per cut (layers, MLP width): the general KL that cutting opened
     for spec, arm in arms.items():
         section = arm.report().distill
-        layers = tuple(section.student_from_teacher["layers"])
-        if layers not in init_kl:
-            init_kl[layers] = judge.score(arm.student_init)[1]["kl_to_teacher"]
+        cut = section.student_from_teacher
+        layers = tuple(cut["layers"])
+        key = (layers, cut.get("mlp_width"))
+        if key not in init_kl:
+            init_kl[key] = judge.score(arm.student_init)[1]["kl_to_teacher"]
         general = judge.score(arm.student)[1]
         results["arms"][spec] = {
             "run": arm.path.name,
             "layers": list(layers),
             "heldout": section.eval["student"],
             "general": general,
-            "general_init_kl": init_kl[layers],
-            "kl_recovered": 1 - general["kl_to_teacher"] / init_kl[layers],
+            "mlp_width": cut.get("mlp_width"),
+            "parameters": section.parameters["student"],
+            "general_init_kl": init_kl[key],
+            "kl_recovered": 1 - general["kl_to_teacher"] / init_kl[key],
             "train_seconds": section.train_seconds,
         }
     results["date"] = time.strftime("%Y-%m-%d")
@@ -114,14 +118,14 @@ def markdown(r: dict) -> str:
         f"general examples (their own answers); general: {r['prompts']} held-back general instructions, teacher-forced "
         "on the teacher's greedy answers (benchmarks/real_llm/judge.py).",
         "",
-        "| arm | in-domain KL | in-domain top-1 | general KL (cut → student) | KL recovered | general top-1 "
-        "| general ROUGE-L | train s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| arm | student parameters | in-domain KL | in-domain top-1 | general KL (cut → student) | KL recovered "
+        "| general top-1 | general ROUGE-L | train s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for spec, a in r["arms"].items():
         h, g = a["heldout"], a["general"]
         lines.append(
-            f"| {spec} | {h['kl_to_teacher']:.3f} | {h['top1_agreement']:.3f} | {a['general_init_kl']:.3f} → "
+            f"| {spec} | {a['parameters'] / 1e6:.1f}M | {h['kl_to_teacher']:.3f} | {h['top1_agreement']:.3f} | {a['general_init_kl']:.3f} → "
             f"{g['kl_to_teacher']:.3f} | {a['kl_recovered']:.1%} | {g['top1_agreement']:.3f} "
             f"| {g['rouge_l_vs_teacher']:.3f} | {a['train_seconds']:.0f} |"
         )
