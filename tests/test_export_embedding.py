@@ -88,8 +88,18 @@ def test_graph_is_fused_for_onnxruntime(exported: tuple[dict, Path]) -> None:
     """Three layers: one embedding LayerNorm, and per layer one attention, one GELU and two skip LayerNorms."""
     want = {"EmbedLayerNormalization": 1, "Attention": 3, "BiasGelu": 3, "SkipLayerNormalization": 6}
     assert exported[0]["fp32"]["fused_operators"] == want
-    ops = {node.op_type for node in onnx.load(exported[1] / "int8" / "model.onnx").graph.node}
-    assert {"Attention", "SkipLayerNormalization", "DynamicQuantizeMatMul"} <= ops or {"QAttention"} <= ops
+    fp32 = onnx.load(exported[1] / "fp32" / "model.onnx").graph.node
+    assert {node.domain for node in fp32} == {"", "com.microsoft"}
+
+
+def test_int8_graph_is_standard_onnx_with_every_matmul_quantized(exported: tuple[dict, Path]) -> None:
+    """int8 quantizes the unfused graph: only default-domain operators (runtimes without Microsoft's contrib
+    operators load it), and per layer six integer MatMuls (query, key, value, attention output, two FFN)."""
+    nodes = onnx.load(exported[1] / "int8" / "model.onnx").graph.node
+    assert {node.domain for node in nodes} == {""}
+    ops = [node.op_type for node in nodes]
+    assert ops.count("MatMulInteger") == 6 * 3
+    assert "fused_operators" not in exported[0]["int8"]
 
 
 def test_student_folder_holds_the_onnx_files_where_the_ecosystem_looks(
@@ -193,6 +203,9 @@ def test_projection_sets_output_dim_and_only_requested_folders_are_kept(student_
 
     assert [p.name for p in (tmp_path / "onnx").iterdir()] == ["int8"]
     assert report["int8"]["parity"]["mean_cosine"] >= 0.99
+    nodes = onnx.load(tmp_path / "onnx" / "int8" / "model.onnx").graph.node
+    projection = {node.op_type for node in nodes if "projection" in node.name}
+    assert projection and projection <= {"MatMul", "Gemm", "Add"}  # left in fp32, see quantize_int8
     want = TorchEncoder.from_dir(projected).encode(TEXTS)
     from sentence_transformers import SentenceTransformer
 
