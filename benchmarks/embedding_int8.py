@@ -67,17 +67,22 @@ def build(student, tokenizer, folder: Path, calibration: list[str]) -> dict[str,
     quantize_int8(paths[GRAPHS[0]], paths[GRAPHS[1]])
     quantize_int8(traced, paths[GRAPHS[2]])
     projection = [node.name for node in onnx.load(traced).graph.node if "projection" in node.name]
-    quantize_static(
-        str(traced),
-        str(paths[GRAPHS[3]]),
-        Calibration(tokenizer, calibration),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["MatMul", "Gemm"],
-        nodes_to_exclude=projection,
-    )
+    here = os.getcwd()
+    os.chdir(folder)  # the calibrator writes its scratch files to the working directory
+    try:
+        quantize_static(
+            str(traced),
+            str(paths[GRAPHS[3]]),
+            Calibration(tokenizer, calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            nodes_to_exclude=projection,
+        )
+    finally:
+        os.chdir(here)
     return paths
 
 
