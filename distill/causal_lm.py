@@ -19,7 +19,7 @@ from minnow.core.errors import MinnowError
 from minnow.core.recipe import Recipe
 from minnow.core.rundir import RunDir
 
-from .cross_flow import cache_teacher_cross, cross_method, distill_cross_tokenizer, prepare_cross
+from .cross_flow import cache_teacher_cross, distill_cross_tokenizer, prepare_cross
 from .curriculum import causal_learnability, causal_scorers, example_text, plan_curriculum
 from .data import Example, split_examples, stable_id
 from .evaluate import batches, evaluate_cached, evaluate_causal
@@ -28,36 +28,9 @@ from .losses import IGNORE_INDEX, divergence
 from .models import load_causal_lm
 from .prune import derive_causal_student, importance_rows
 from .teacher_cache import CachedTeacherCollator, TeacherCache, ensure_cache
+from .tokenizers import chat_template_difference, check_tokenizers, cross_method
 from .trainer import ScheduledLogitDistillTrainer
 from .training import merged, parameter_count, pick_device, save_pretrained, train_timed, training_arguments, with_lora
-
-
-def check_tokenizers(teacher_path: str, student_tok: PreTrainedTokenizerBase) -> None:
-    """Logit KD compares distributions token by token: both models must share one vocabulary."""
-    teacher_tok = AutoTokenizer.from_pretrained(teacher_path)
-    if teacher_tok.get_vocab() != student_tok.get_vocab():
-        raise MinnowError(
-            f"teacher tokenizer ({teacher_path}, {len(teacher_tok)} tokens) and student tokenizer "
-            f"({student_tok.name_or_path}, {len(student_tok)} tokens) differ; logit distillation needs the same one"
-        )
-
-
-def chat_template_difference(teacher_path: str, student_tok: PreTrainedTokenizerBase) -> str | None:
-    """A sentence saying how the teacher's chat template differs from the student's, or None when they agree.
-
-    Data are rendered with the student's template, so a teacher trained on another one sees unfamiliar framing.
-    """
-    teacher = AutoTokenizer.from_pretrained(teacher_path).chat_template
-    student = student_tok.chat_template
-    if teacher == student:
-        return None
-    if not teacher or not student:
-        which = "teacher" if not teacher else "student"
-        return f"chat templates: the {which} tokenizer has none; data are rendered with the student's"
-    return (
-        f"chat templates differ (teacher {teacher_path}, student {student_tok.name_or_path}); data are rendered with "
-        "the student's, which the teacher may not expect"
-    )
 
 
 def tokenize(ex: Example, tok: PreTrainedTokenizerBase, chat_template: bool, max_len: int) -> dict:

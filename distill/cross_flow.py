@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 from datasets import Dataset
-from transformers import AutoTokenizer, DataCollatorForSeq2Seq, PreTrainedTokenizerBase
+from transformers import DataCollatorForSeq2Seq
 
 from minnow.core.errors import MinnowError
 from minnow.core.recipe import Recipe
@@ -25,7 +25,6 @@ from .cross_losses import GROUP_KEYS, cross_kd_loss_sum, matched_kl, span_log_sc
 from .cross_tokenizer import (
     CrossTokenizerCollator,
     alignment_shares,
-    choose_method,
     cross_rows,
     trained_spans,
     vocabulary_match,
@@ -36,41 +35,9 @@ from .losses import IGNORE_INDEX, shift_for_next_token, token_cross_entropy
 from .models import load_causal_lm
 from .schedules import ScheduledTrainerMixin
 from .teacher_cache import TeacherCache, ensure_cache
+from .tokenizers import cross_method, tokenizers
 from .trainer import LogitDistillTrainer
 from .training import merged, parameter_count, pick_device, save_pretrained, train_timed, training_arguments, with_lora
-
-
-def tokenizers(recipe: Recipe) -> tuple[PreTrainedTokenizerBase, PreTrainedTokenizerBase]:
-    """(student, teacher) tokenizers, each with a padding token."""
-    student = AutoTokenizer.from_pretrained(recipe.student.path, revision=recipe.student.revision)
-    teacher = AutoTokenizer.from_pretrained(recipe.teacher.path, revision=recipe.teacher.revision)
-    for tok in (student, teacher):
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-    return student, teacher
-
-
-def cross_method(
-    recipe: Recipe, student: PreTrainedTokenizerBase | None = None, teacher: PreTrainedTokenizerBase | None = None
-) -> tuple[str, str]:
-    """(method, why): ``same`` for one vocabulary, else ``uld`` or ``hybrid``; unsupported combinations stop.
-
-    The tokenizers are loaded unless given.
-    """
-    if recipe.student.from_teacher is not None:
-        return "same", "the student is cut from the teacher"
-    if student is None or teacher is None:
-        student, teacher = tokenizers(recipe)
-    method, why = choose_method(recipe.distill.cross_tokenizer, student, teacher)
-    cfg = recipe.distill
-    if method != "same":
-        if not cfg.teacher_cache:
-            raise MinnowError(
-                f"{why}; cross-tokenizer distillation reads the teacher from its cache: set distill.teacher_cache: true"
-            )
-        if cfg.mode != "logits" or cfg.on_policy_fraction > 0:
-            raise MinnowError(f"{why}; distill.mode: sequence and distill.on_policy_fraction need one tokenizer")
-    return method, why
 
 
 class CrossTokenizerTrainer(LogitDistillTrainer):

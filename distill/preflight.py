@@ -76,8 +76,7 @@ def preflight(recipe: Recipe, ram: int | None = None) -> list[Finding]:
 def _tokenizers(recipe: Recipe) -> list[Finding]:
     from transformers import AutoTokenizer
 
-    from .causal_lm import chat_template_difference
-    from .cross_flow import cross_method
+    from .tokenizers import chat_template_difference, cross_method
 
     student = AutoTokenizer.from_pretrained(student_path(recipe))
     method, why = cross_method(recipe)
