@@ -26,7 +26,7 @@ import torch
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
 from minnow.core.recipe import resolve_model_path
-from minnow.distill.data import python_docstrings
+from minnow.distill.data import python_docstrings, python_text
 from minnow.distill.embedding import derive_student
 from minnow.export.embedding import (
     INPUT_NAMES,
@@ -92,9 +92,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--texts", type=int, default=256)
+    parser.add_argument("--corpus", choices=["python-docstrings", "python-text"], default="python-docstrings")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
-    paragraphs = sorted(set(python_docstrings()))
+    paragraphs = sorted(set(python_docstrings() if args.corpus == "python-docstrings" else python_text()))
     texts, calibration = paragraphs[: args.texts], paragraphs[-256:]
     teacher, tok = load_encoder(Path(resolve_model_path(TEACHER, ROOT)))
     importance = [
@@ -130,7 +131,7 @@ def main() -> None:
     md = [
         "# Embedding int8: which graph to quantize, dynamic or static",
         "",
-        f"Command: `python benchmarks/embedding_int8.py {' '.join(sys.argv[1:])}`. {len(texts)} docstring paragraphs, "
+        f"Command: `python benchmarks/embedding_int8.py {' '.join(sys.argv[1:])}`. {len(texts)} {args.corpus} paragraphs, "
         f"batch 16, max 128 tokens; {args.rounds} rounds alternating every variant in one process; median of "
         f"per-round ratios to the teacher. Static activation scales calibrated on 256 other paragraphs. Parity: mean "
         f"cosine to the same student's fused fp32 graph. Load average when it finished: {load[0]:.1f} on "
@@ -147,8 +148,9 @@ def main() -> None:
         "",
     ]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "embedding_int8.md").write_text("\n".join(md))
-    (args.out / "embedding_int8.json").write_text(json.dumps({"parity": parity, "results": results}, indent=2))
+    stem = "embedding_int8" + ("" if args.corpus == "python-docstrings" else "_" + args.corpus.replace("-", "_"))
+    (args.out / f"{stem}.md").write_text("\n".join(md))
+    (args.out / f"{stem}.json").write_text(json.dumps({"parity": parity, "results": results}, indent=2))
     print("\n".join(md))
 
 
