@@ -12,10 +12,8 @@ is measured to the same student's fused fp32 graph (mean cosine of the sentence 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -41,7 +39,7 @@ from minnow.export.embedding import (
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
-from embedding_speed import ROOT, TEACHER, label, shape, timed  # noqa: E402
+from embedding_speed import ROOT, TEACHER, arguments, importance_batches, label, shape, side_by_side  # noqa: E402
 
 GRAPHS = ("fp32 fused", "int8 dynamic, fused graph", "int8 dynamic, traced graph", "int8 static QDQ, traced graph")
 
@@ -87,20 +85,13 @@ def build(student, tokenizer, folder: Path, calibration: list[str]) -> dict[str,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", action="append", help="LAYERS[:MLP_FRACTION], e.g. '[0,2,5]'; repeatable")
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--texts", type=int, default=256)
+    parser = arguments(__doc__, 256)
     parser.add_argument("--corpus", choices=["python-docstrings", "python-text"], default="python-docstrings")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     paragraphs = sorted(set(python_docstrings() if args.corpus == "python-docstrings" else python_text()))
     texts, calibration = paragraphs[: args.texts], paragraphs[-256:]
     teacher, tok = load_encoder(Path(resolve_model_path(TEACHER, ROOT)))
-    importance = [
-        tok(texts[i : i + 32], padding=True, truncation=True, max_length=128, return_tensors="pt") for i in (0, 32)
-    ]
+    importance = importance_batches(tok, texts)
     parity, results = {}, []
     with tempfile.TemporaryDirectory() as work:
         folders = {}
@@ -117,16 +108,7 @@ def main() -> None:
             for name in folders:
                 fp32 = embeddings[name.split("] ")[0] + "] " + GRAPHS[0]]
                 parity[name] = float((embeddings[name] * fp32).sum(axis=1).mean())
-            rounds = [{n: timed(fn, texts) for n, fn in encode.items()} for _ in range(args.rounds)]
-            for n in encode:
-                results.append(
-                    {
-                        "threads": threads,
-                        "variant": n,
-                        "sentences_per_s": statistics.median(r[n] for r in rounds),
-                        "speedup_vs_teacher": statistics.median(r[n] / r["teacher (PyTorch)"] for r in rounds),
-                    }
-                )
+            results += side_by_side(encode, texts, args.rounds, threads)
     load = os.getloadavg()
     md = [
         "# Embedding int8: which graph to quantize, dynamic or static",

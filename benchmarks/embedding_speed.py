@@ -51,23 +51,52 @@ def timed(encode, texts: list[str]) -> float:
     return len(texts) / (time.perf_counter() - start)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(doc: str, texts: int) -> argparse.ArgumentParser:
+    """The options every side-by-side embedding benchmark takes: shapes, threads, rounds, texts, output folder."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", action="append", help="LAYERS[:MLP_FRACTION], e.g. '[0,2,5]:0.5'; repeatable")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--texts", type=int, default=128)
+    parser.add_argument("--texts", type=int, default=texts)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    args = parser.parse_args()
+    return parser
+
+
+def importance_batches(tok, texts: list[str]) -> list[dict]:
+    """The first 64 texts in batches of 32, as the distill stage ranks FFN units."""
+    return [
+        tok(texts[i : i + 32], padding=True, truncation=True, max_length=128, return_tensors="pt")
+        for i in range(0, min(64, len(texts)), 32)
+    ]
+
+
+def side_by_side(encode: dict, texts: list[str], rounds: int, threads: int) -> list[dict]:
+    """Every encoder timed once per round, rounds alternating; per encoder the median sentences/s and the median of
+    its per-round ratios to ``"teacher (PyTorch)"``."""
+    timings = [{n: timed(fn, texts) for n, fn in encode.items()} for _ in range(rounds)]
+    rows = []
+    for n in encode:
+        ratios = [r[n] / r["teacher (PyTorch)"] for r in timings]
+        rows.append(
+            {
+                "threads": threads,
+                "variant": n,
+                "sentences_per_s": statistics.median(r[n] for r in timings),
+                "speedup_vs_teacher": statistics.median(ratios),
+                "ratios": ratios,
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    args = arguments(__doc__, 128).parse_args()
     texts = sorted(set(python_docstrings()))[: args.texts]
     teacher, tok = load_encoder(Path(resolve_model_path(TEACHER, ROOT)))
     results, fused = [], {}
     with tempfile.TemporaryDirectory() as work:
         folders = {}
-        importance = [
-            tok(texts[i : i + 32], padding=True, truncation=True, max_length=128, return_tensors="pt")
-            for i in range(0, min(64, len(texts)), 32)
-        ]
+        importance = importance_batches(tok, texts)
         for index, spec in enumerate(map(shape, args.shape or SHAPES)):
             name, where = label(spec), Path(work) / str(index)
             save_encoder(derive_student(teacher, spec, importance), tok, where / "student", 128)
@@ -84,18 +113,7 @@ def main() -> None:
             encode = {n: (lambda batch, e=e: e.encode(batch, 16, 128)) for n, e in variants.items()}
             for fn in encode.values():
                 fn(texts[:16])  # warm-up
-            rounds = [{n: timed(fn, texts) for n, fn in encode.items()} for _ in range(args.rounds)]
-            for n in encode:
-                ratios = [r[n] / r["teacher (PyTorch)"] for r in rounds]
-                results.append(
-                    {
-                        "threads": threads,
-                        "variant": n,
-                        "sentences_per_s": statistics.median(r[n] for r in rounds),
-                        "speedup_vs_teacher": statistics.median(ratios),
-                        "ratios": ratios,
-                    }
-                )
+            results += side_by_side(encode, texts, args.rounds, threads)
     load = os.getloadavg()
     md = [
         "# Embedding speed: teacher vs student shapes, PyTorch vs fused ONNX",
