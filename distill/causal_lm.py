@@ -151,8 +151,9 @@ def prepare(recipe: Recipe, rewrites: Sequence[Rewrite] = ()) -> Prepared:
     )
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    check_tokenizers(recipe.teacher.path, tok)
-    template = chat_template_difference(recipe.teacher.path, tok)
+    teacher_tok = tok if from_teacher else AutoTokenizer.from_pretrained(recipe.teacher.path)
+    check_tokenizers(teacher_tok, tok)
+    template = chat_template_difference(teacher_tok, tok)
     if template and recipe.data.chat_template:
         Console(stderr=True).print(f"[yellow]warning:[/] {template}", highlight=False, soft_wrap=True)
 

@@ -95,7 +95,7 @@ def _tokenizers(recipe: Recipe) -> list[Finding]:
                 f"KD compares the first {min(tables)} (the rest is embedding-table padding)"
             )
         )
-    template = chat_template_difference(recipe.teacher.path, student)
+    template = chat_template_difference(AutoTokenizer.from_pretrained(recipe.teacher.path), student)
     if template:
         findings.append(Finding(template, warning=recipe.data.chat_template))
     return findings

@@ -44,29 +44,27 @@ def cross_method(
     return method, why
 
 
-def check_tokenizers(teacher_path: str, student_tok: PreTrainedTokenizerBase) -> None:
+def check_tokenizers(teacher_tok: PreTrainedTokenizerBase, student_tok: PreTrainedTokenizerBase) -> None:
     """Logit KD compares distributions token by token: both models must share one vocabulary."""
-    teacher_tok = AutoTokenizer.from_pretrained(teacher_path)
     if teacher_tok.get_vocab() != student_tok.get_vocab():
         raise MinnowError(
-            f"teacher tokenizer ({teacher_path}, {len(teacher_tok)} tokens) and student tokenizer "
+            f"teacher tokenizer ({teacher_tok.name_or_path}, {len(teacher_tok)} tokens) and student tokenizer "
             f"({student_tok.name_or_path}, {len(student_tok)} tokens) differ; logit distillation needs the same one"
         )
 
 
-def chat_template_difference(teacher_path: str, student_tok: PreTrainedTokenizerBase) -> str | None:
+def chat_template_difference(teacher_tok: PreTrainedTokenizerBase, student_tok: PreTrainedTokenizerBase) -> str | None:
     """A sentence saying how the teacher's chat template differs from the student's, or None when they agree.
 
     Data are rendered with the student's template, so a teacher trained on another one sees unfamiliar framing.
     """
-    teacher = AutoTokenizer.from_pretrained(teacher_path).chat_template
-    student = student_tok.chat_template
+    teacher, student = teacher_tok.chat_template, student_tok.chat_template
     if teacher == student:
         return None
     if not teacher or not student:
         which = "teacher" if not teacher else "student"
         return f"chat templates: the {which} tokenizer has none; data are rendered with the student's"
     return (
-        f"chat templates differ (teacher {teacher_path}, student {student_tok.name_or_path}); data are rendered with "
-        "the student's, which the teacher may not expect"
+        f"chat templates differ (teacher {teacher_tok.name_or_path}, student {student_tok.name_or_path}); data are "
+        "rendered with the student's, which the teacher may not expect"
     )
