@@ -22,6 +22,7 @@ units, ranked on the first 64 of the shuffled training paragraphs, a random samp
 
 import argparse
 import contextlib
+import hashlib
 import json
 import random
 import tempfile
@@ -84,8 +85,9 @@ if split:
     train = train + [e["text"] for e in sentence_splits([{"text": t} for t in train])]
 unseen = [e["text"] for e in unseen_examples("python-licenses", N_UNSEEN, set(paras) | set(train))]
 t0 = time.time()
-corpus = "" if args.corpus == "python-docstrings" else f"-{args.corpus}"
-cache = Path(tempfile.gettempdir()) / (f"minnow-tcache-{N_TRAIN}-{N_HELD}-{N_UNSEEN}-{int(split)}{corpus}.npy")
+# Keyed by the texts themselves: the corpus changes when packages are installed or removed.
+digest = hashlib.sha256("\0".join(train + held + unseen).encode()).hexdigest()[:16]
+cache = Path(tempfile.gettempdir()) / f"minnow-tcache-{digest}.npy"
 if cache.exists():
     emb = np.load(cache)
 else:
