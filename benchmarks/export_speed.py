@@ -80,11 +80,11 @@ def prompt_ids() -> list[int]:
 def torch_decode(model, tokens: int) -> float:
     """Decode tokens/s of PyTorch: KV cache on, prompt processed first and not timed, greedy argmax."""
     out = model(input_ids=torch.tensor([prompt_ids()]), use_cache=True)
-    past, token = out.past_key_values, out.logits[0, -1].argmax().view(1, 1)
+    past, token = out.cache, out.logits[0, -1].argmax().view(1, 1)
     started = time.perf_counter()
     for _ in range(tokens):
-        out = model(input_ids=token, past_key_values=past, use_cache=True)
-        past, token = out.past_key_values, out.logits[0, -1].argmax().view(1, 1)
+        out = model(input_ids=token, cache=past, use_cache=True)
+        past, token = out.cache, out.logits[0, -1].argmax().view(1, 1)
     return tokens / (time.perf_counter() - started)
 
 

@@ -133,8 +133,8 @@ def torch_greedy(
     """Argmax decoding with the KV cache; yields each token, the stop token included, like onnxruntime-genai."""
     input_ids, past, seen = torch.tensor([prompt_ids]), None, list(prompt_ids)
     for _ in range(max_new_tokens):
-        out = model(input_ids=input_ids, past_key_values=past, use_cache=True)
-        past = out.past_key_values
+        out = model(input_ids=input_ids, cache=past, use_cache=True)
+        past = out.cache
         logits = out.logits[0, -1]
         if repetition_penalty != 1.0:
             logits = penalize_repeats(logits, torch.tensor(seen), repetition_penalty)

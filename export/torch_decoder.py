@@ -58,10 +58,10 @@ class FlatCacheDecoder(torch.nn.Module):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
         )
-        present = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+        present = [t for layer in out.cache.layers for t in (layer.keys, layer.values)]
         return (out.logits, *present)
 
 
@@ -85,7 +85,7 @@ def load_decoder(model_dir: Path) -> PreTrainedModel:
 def cache_shape(model: PreTrainedModel) -> tuple[int, int, int]:
     """(layers, kv heads, head size), read from the cache one forward pass fills."""
     with torch.inference_mode():
-        cache = model(torch.tensor([[0, 1]]), use_cache=True).past_key_values
+        cache = model(torch.tensor([[0, 1]]), use_cache=True).cache
     if not isinstance(cache, DynamicCache) or not cache.layers:
         raise MinnowError(f"{type(model).__name__} does not return a per-layer KV cache; it cannot be exported")
     keys = cache.layers[0].keys
