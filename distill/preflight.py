@@ -79,7 +79,10 @@ def _tokenizers(recipe: Recipe) -> list[Finding]:
     from .tokenizers import chat_template_difference, cross_method
 
     student = AutoTokenizer.from_pretrained(student_path(recipe))
-    method, why = cross_method(recipe)
+    teacher = (
+        student if student_path(recipe) == recipe.teacher.path else AutoTokenizer.from_pretrained(recipe.teacher.path)
+    )
+    method, why = cross_method(recipe, student, teacher)
     if method != "same":
         name = {"uld": "ULD (Boizard et al. 2024)", "hybrid": "hybrid (GOLD: KL on same-text tokens, ULD on the rest)"}
         return [Finding(f"tokenizers: cross-tokenizer distillation with {name[method]}: {why}")]
@@ -95,7 +98,7 @@ def _tokenizers(recipe: Recipe) -> list[Finding]:
                 f"KD compares the first {min(tables)} (the rest is embedding-table padding)"
             )
         )
-    template = chat_template_difference(AutoTokenizer.from_pretrained(recipe.teacher.path), student)
+    template = chat_template_difference(teacher, student)
     if template:
         findings.append(Finding(template, warning=recipe.data.chat_template))
     return findings
